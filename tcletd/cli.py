@@ -1,0 +1,108 @@
+"""The ``tcletd`` command line: a thin client of :mod:`tcletd.api` and the policy engine.
+
+Host side. Only this module configures logging or prints for the user; library code raises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from tcletd import __version__
+from tcletd.errors import EXIT_USAGE, TcletdError
+
+RUN_EPILOG = """\
+exit status:
+  the tclet's own status (0, or the code it gave to exit); 1 on an uncaught Tcl error;
+  2 usage or unknown policy; 66 script missing or unreadable; 69 Tcl unavailable;
+  70 internal error; 128+N when the worker died by signal N.
+
+examples:
+  tcletd run examples/hello.tcl
+  tcletd run --policy trusted examples/echo_client.tcl -- 127.0.0.1 7777
+  echo 'puts hi' | tcletd run -
+"""
+
+POLICY_EPILOG = """\
+exit status (check): 0 allowed, 1 denied, 2 bad policy or arguments.
+exit status (lint): 0 clean, 1 problems found, 2 the file cannot be read or parsed.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tcletd",
+        description="Run untrusted Tcl scripts (tclets) in isolated worker processes.",
+    )
+    parser.add_argument("--version", action="version", version=f"tcletd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run one tclet on an embedded host",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--policy", default=None, help="policy name or TOML file (default: home)")
+    run.add_argument("--origin", default=None, help="the tclet's origin URL (default: file URL)")
+    run.add_argument(
+        "--arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an embed argument, seen by the tclet in embed_args (repeatable)",
+    )
+    run.add_argument("--audit", default=None, metavar="FILE", help="append audit records here")
+    run.add_argument("script", help="the tclet's script, or - for standard input")
+    run.add_argument("args", nargs="*", help="the tclet's argv (after --)")
+
+    policy = sub.add_parser("policy", help="check or lint policies")
+    psub = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    check = psub.add_parser(
+        "check",
+        help="decide one request as the host would",
+        epilog=POLICY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument("--policy", default="home", help="policy name or TOML file")
+    check.add_argument("--origin", default=None, help="the tclet's origin URL")
+    check.add_argument("--action", default="connect", choices=["connect", "listen", "accept"])
+    check.add_argument("host")
+    check.add_argument("port")
+    lint = psub.add_parser(
+        "lint",
+        help="validate a policy file",
+        epilog=POLICY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    lint.add_argument("file")
+
+    sub.add_parser("version", help="print tcletd, Python, pyzmq and Tcl versions")
+    sub.add_parser("doctor", help="check that this machine can run tclets")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "policy":
+            from tcletd import policytool
+
+            if args.policy_command == "check":
+                return policytool.check(args)
+            return policytool.lint(args)
+        if args.command == "run":
+            from tcletd import runner
+
+            return runner.run(args)
+        if args.command in ("version", "doctor"):
+            from tcletd import runner
+
+            return runner.doctor(verbose=args.command == "doctor")
+    except TcletdError as exc:
+        print(f"tcletd: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_USAGE

@@ -1,0 +1,52 @@
+"""The fork server workers come from, started as early as the host can start it.
+
+Host side of the trust boundary. The fork server is a fresh Python process that preloads the
+worker's modules (tkinter, pyzmq, msgspec, the Tcl runtime) once, so that each launch costs a
+fork, not an interpreter start. It must start before the host creates any ZeroMQ context, and
+the earlier it starts the more of its start-up overlaps the host's own imports; this module
+therefore imports nothing heavy (no asyncio, no zmq).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import types
+from collections.abc import Iterator
+from typing import Any
+
+# Preloaded into the fork server so that a launch pays only the fork (perf-baseline.md §3).
+PRELOAD = ["tcletd.worker.main"]
+
+
+@contextlib.contextmanager
+def no_main_module() -> Iterator[None]:
+    """Hide the host's ``__main__`` while the fork server or a worker is started.
+
+    multiprocess tells each child to re-import the parent's main script; for the host that is the
+    CLI or the embedder's program, i.e. host code, which must never run on the untrusted side.
+    """
+    saved = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = saved
+
+
+def context() -> Any:
+    """The multiprocess forkserver context, with the worker preload set."""
+    import multiprocess
+
+    ctx = multiprocess.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
+def start() -> None:
+    """Start the fork server if it is not running (idempotent, cheap once running)."""
+    from multiprocess import forkserver
+
+    context()
+    with no_main_module():
+        forkserver.ensure_running()

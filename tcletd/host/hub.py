@@ -1,0 +1,129 @@
+"""The host's end of the control plane: one ZeroMQ ROUTER on ``ipc://`` in the private run dir.
+
+Host side of the trust boundary: every frame that arrives here comes from a worker that shares
+its process with untrusted code, so it is hostile until proven otherwise. A frame is accepted
+only from a routing id the host launched, only after that worker's hello carried its one-time
+token, and only if it decodes as a worker message; anything else ends the worker (through the
+``on_violation`` callback) and the host goes on.
+
+The ROUTER is a plain (blocking-API) pyzmq socket driven from asyncio with ``add_reader`` on
+``zmq.FD``: cheaper per message than zmq.asyncio (perf-baseline.md §2 and pitfall 7). The FD is
+edge-triggered, so every wake-up drains until ``zmq.Again`` and every send re-checks ``EVENTS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+import zmq
+
+from tcletd import protocol as p
+
+# Frames from one worker handled per loop turn before others get their turn (fairness).
+BATCH = 64
+
+
+@dataclass
+class Peer:
+    """What the hub knows about one launched worker."""
+
+    tclet_id: str
+    token: str
+    on_message: Callable[[p.WorkerMessage], None]
+    on_violation: Callable[[str], None]
+    greeted: bool = False
+
+
+class Hub:
+    """Routes worker messages to their tclets and host messages to their workers."""
+
+    def __init__(self, endpoint: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.endpoint = endpoint
+        self._loop = loop
+        self._ctx = zmq.Context(io_threads=1)
+        self._router = self._ctx.socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._router.setsockopt(zmq.ROUTER_HANDOVER, 0)
+        self._router.setsockopt(zmq.LINGER, 0)
+        # A frame larger than any legitimate worker message is a violation, not a buffer.
+        self._router.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
+        self._router.bind(endpoint)
+        self._peers: dict[bytes, Peer] = {}
+        fd = self._router.getsockopt(zmq.FD)
+        assert isinstance(fd, int)
+        self._fd: int = fd
+        loop.add_reader(fd, self._drain)
+        self._drain_pending = False
+
+    def register(self, peer: Peer) -> None:
+        self._peers[peer.tclet_id.encode()] = peer
+
+    def unregister(self, tclet_id: str) -> None:
+        self._peers.pop(tclet_id.encode(), None)
+
+    def send(self, tclet_id: str, msg: msgspec.Struct) -> bool:
+        """Send to a worker; False when it cannot take it (gone or not reading)."""
+        try:
+            self._router.send_multipart([tclet_id.encode(), p.encode(msg)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return False
+        finally:
+            self._schedule_drain()
+        return True
+
+    def _schedule_drain(self) -> None:
+        if not self._drain_pending and int(self._router.get(zmq.EVENTS)) & zmq.POLLIN:
+            self._drain_pending = True
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_pending = False
+        handled = 0
+        while True:
+            try:
+                frames = self._router.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            self._deliver(frames)
+            handled += 1
+            if handled >= BATCH * max(1, len(self._peers)):
+                # Let the rest of the loop run; the edge is gone, so come back on our own.
+                self._drain_pending = True
+                self._loop.call_soon(self._drain)
+                return
+
+    def _deliver(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            peer = self._peers.get(frames[0]) if frames else None
+            if peer is not None:
+                peer.on_violation(f"malformed frame count {len(frames)}")
+            return
+        ident, payload = frames
+        peer = self._peers.get(ident)
+        if peer is None:
+            return  # not a worker we launched (or one already ended): nothing to end
+        try:
+            msg = p.WORKER_DECODER.decode(payload)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            peer.on_violation(f"undecodable message: {exc}")
+            return
+        if not peer.greeted:
+            if not isinstance(msg, p.Hello) or not hmac.compare_digest(
+                msg.token.encode(), peer.token.encode()
+            ):
+                peer.on_violation("first message was not a hello with the launch token")
+                return
+            peer.greeted = True
+        elif isinstance(msg, p.Hello):
+            peer.on_violation("second hello")
+            return
+        peer.on_message(msg)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._fd)
+        self._router.close(linger=0)
+        self._ctx.term()

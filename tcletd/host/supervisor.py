@@ -1,0 +1,127 @@
+"""Worker processes: the fork server, launching one worker per tclet, and ending them.
+
+Host side of the trust boundary. Workers come from a ``multiprocess`` fork server started before
+the host creates any ZeroMQ context, with the worker's modules, tkinter and pyzmq preloaded. Only
+start arguments travel host to worker through multiprocess (a msgpack-encoded
+:class:`~tcletd.protocol.WorkerSpec` and socket objects); nothing ever comes back that way,
+because multiprocess would unpickle it. The host watches each worker's sentinel; the fork server's
+children are not the host's children, so there is no SIGCHLD or waitpid to rely on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from tcletd import protocol as p
+from tcletd.host import forkserver
+
+@dataclass
+class WorkerProcess:
+    """One launched worker and the host's ends of its socketpairs."""
+
+    tclet_id: str
+    process: Any
+    fdsock: socket.socket
+    stdout: socket.socket
+    stderr: socket.socket
+    exited: asyncio.Future[int] = field(default_factory=asyncio.Future)
+
+    @property
+    def pid(self) -> int:
+        return int(self.process.pid)
+
+    def status(self) -> int | None:
+        """The exit status, shell style: 128+N for a death by signal N, None while running."""
+        code = self.process.exitcode
+        if code is None:
+            return None
+        return 128 - int(code) if code < 0 else int(code)
+
+    def signal(self, signum: int) -> None:
+        if self.process.exitcode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def close_sockets(self) -> None:
+        for sock in (self.fdsock, self.stdout, self.stderr):
+            sock.close()
+
+
+class Supervisor:
+    """Launches workers from the fork server and ends them, TERM then KILL."""
+
+    def __init__(self, grace: float = 1.0) -> None:
+        self.grace = grace
+        self._ctx = forkserver.context()
+        self.workers: dict[str, WorkerProcess] = {}
+
+    def start(self) -> None:
+        """Start the fork server; call this before any ZeroMQ context exists in the host."""
+        forkserver.start()
+
+    def launch(self, spec: p.WorkerSpec, loop: asyncio.AbstractEventLoop) -> WorkerProcess:
+        from tcletd.worker import main as worker_main
+
+        host_fd, worker_fd = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        host_out, worker_out = socket.socketpair()
+        host_err, worker_err = socket.socketpair()
+        try:
+            process = self._ctx.Process(
+                target=worker_main.run,
+                args=(p.encode(spec), worker_fd, worker_out, worker_err),
+                name=f"tclet-{spec.tclet_id}",
+                daemon=False,
+            )
+            with forkserver.no_main_module():
+                process.start()
+        except BaseException:
+            for sock in (host_fd, host_out, host_err):
+                sock.close()
+            raise
+        finally:
+            for sock in (worker_fd, worker_out, worker_err):
+                sock.close()
+        for sock in (host_fd, host_out, host_err):
+            sock.setblocking(False)
+        worker = WorkerProcess(
+            spec.tclet_id, process, host_fd, host_out, host_err, loop.create_future()
+        )
+        self.workers[spec.tclet_id] = worker
+        loop.add_reader(process.sentinel, self._on_sentinel, worker, loop)
+        return worker
+
+    def _on_sentinel(self, worker: WorkerProcess, loop: asyncio.AbstractEventLoop) -> None:
+        loop.remove_reader(worker.process.sentinel)
+        worker.process.join(0)
+        status = worker.status()
+        if not worker.exited.done():
+            worker.exited.set_result(255 if status is None else status)
+
+    async def end(self, worker: WorkerProcess, grace: float | None = None) -> int:
+        """Stop a worker: SIGTERM, then SIGKILL if it is still there after the grace period."""
+        if not worker.exited.done():
+            worker.signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(
+                    asyncio.shield(worker.exited), self.grace if grace is None else grace
+                )
+            except TimeoutError:
+                worker.signal(signal.SIGKILL)
+        return await worker.exited
+
+    def forget(self, worker: WorkerProcess) -> None:
+        self.workers.pop(worker.tclet_id, None)
+        worker.close_sockets()
+        with contextlib.suppress(Exception):
+            worker.process.close()
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(*(self.end(w) for w in list(self.workers.values())))
+        for worker in list(self.workers.values()):
+            self.forget(worker)

@@ -1,0 +1,498 @@
+"""Policy and master-config files: TOML reading, strict validation, quotas and limits (host side).
+
+Policies are operator data, but a mistake in one widens what untrusted tclets may do, so
+nothing loads in part: the first problem raises ConfigError naming the file, the line and the
+key path (``connect.allow[2].port``). Rules are strings ``"HOSTWORD PORTWORD"`` inside
+``allow``/``disallow`` arrays; TOML parsers keep no positions, so :func:`locate_lines` scans
+the raw text to give every value its line. Word compilation and the decision live in
+:mod:`tcletd.policy`; this module knows only the file formats.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from tcletd.addresses import Origin
+from tcletd.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on 3.10
+    import tomli as tomllib
+
+ACTIONS = ("connect", "listen", "accept")
+KINDS = ("allow", "disallow")
+SOCKET_OPTIONS = frozenset(
+    {"-blocking", "-buffering", "-buffersize", "-encoding", "-eofchar", "-translation"}
+    | {"-error", "-peername", "-sockname", "-connecting", "-keepalive", "-nodelay"}
+)
+
+
+class UnreadableError(ConfigError):
+    """The file is missing, unreadable or not TOML at all (lint exits 2 for this)."""
+
+
+def _error(message: str, file: str, key: str, lines: dict[str, int]) -> ConfigError:
+    return ConfigError(message, file=file, key=key, line=lines.get(key, 0))
+
+
+# ---------------------------------------------------------------- units
+
+
+_NUMBER = r"\s*([0-9]+(?:\.[0-9]+)?)\s*"
+_SIZE_UNITS = {"": 1, "B": 1, "kB": 10**3, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_SIZE_UNITS |= {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+_TIME_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _number(value: object, units: Mapping[str, float], what: str, suffix: str = "") -> float:
+    # bool is an int to Python but never a sensible quantity.
+    if isinstance(value, bool):
+        raise ValueError(f"expected {what}, got {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        tail = f"(?:{re.escape(suffix)})?" if suffix else ""
+        m = re.fullmatch(_NUMBER + r"([A-Za-z]*)" + tail + r"\s*", value, re.ASCII)
+        if m and m.group(2) in units:
+            return float(m.group(1)) * units[m.group(2)]
+    raise ValueError(f"expected {what}, got {value!r}")
+
+
+def parse_size(value: object) -> int:
+    """``64MiB``, ``1.5GB``, ``512kB`` or a plain integer (bytes) -> bytes."""
+    return round(_number(value, _SIZE_UNITS, "a size like 64MiB, 1.5GB or a number of bytes"))
+
+
+def parse_rate(value: object) -> int:
+    """``1MiB`` or ``1MiB/s`` (bytes per second) -> bytes per second."""
+    return round(_number(value, _SIZE_UNITS, "a rate like 1MiB or 1MiB/s", "/s"))
+
+
+def parse_duration(value: object) -> float:
+    """``10s``, ``1.5m``, ``250ms``, ``1h`` or a plain number (seconds) -> seconds."""
+    return _number(value, _TIME_UNITS, "a duration like 10s, 1.5m or 250ms")
+
+
+def _count(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+", value, re.ASCII):
+        return int(value)
+    raise ValueError(f"expected a whole number, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """Per-tclet network quotas, enforced by the host (sizes in bytes, rates per second)."""
+
+    sockets: int = 8
+    connects_per_second: float = 5.0
+    bytes_sent: int = 64 * 2**20
+    bytes_received: int = 64 * 2**20
+    send_rate: int = 2**20
+    output_bytes: int = 2**20
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-tclet resource limits, enforced by the host (seconds, bytes, Tcl commands)."""
+
+    cpu: float = 10.0
+    memory: int = 256 * 2**20
+    wall: float = 60.0
+    commands: int = 50_000_000
+
+
+# key -> (parser, smallest allowed value); the dataclass defaults above are the home values.
+_PARSERS: dict[str, dict[str, tuple[Callable[[object], float], float]]] = {
+    "quotas": {
+        "sockets": (_count, 0),
+        "connects_per_second": (lambda v: _number(v, {"": 1}, "a number per second", "/s"), 1e-9),
+        "bytes_sent": (parse_size, 0),
+        "bytes_received": (parse_size, 0),
+        "send_rate": (parse_rate, 1),
+        "output_bytes": (parse_size, 0),
+    },
+    "limits": {
+        "cpu": (parse_duration, 1e-3),
+        "memory": (parse_size, 1),
+        "wall": (parse_duration, 1e-3),
+        "commands": (_count, 1),
+    },
+}
+
+
+def parse_budget_value(table: str, key: str, value: object) -> float:
+    """Parse one ``[quotas]``/``[limits]`` value; ValueError says what was expected."""
+    parsers = _PARSERS[table]
+    if key not in parsers:
+        raise KeyError(f"unknown key; expected one of: {', '.join(parsers)}")
+    parse, least = parsers[key]
+    number = parse(value)
+    if number < least:
+        raise ValueError(f"must be at least {least:g}, got {value!r}")
+    return number
+
+
+def _budget(table: str, raw: dict[str, Any], file: str, lines: dict[str, int]) -> Any:
+    cls: type[Quotas] | type[Limits] = Quotas if table == "quotas" else Limits
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        path = f"{table}.{key}"
+        try:
+            values[key] = parse_budget_value(table, key, value)
+        except (KeyError, ValueError) as exc:
+            raise _error(str(exc.args[0]), file, path, lines) from None
+    return cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
+
+
+def _coerce(cls: type[Quotas] | type[Limits], key: str, number: float) -> Any:
+    # Annotations are strings here (postponed evaluation), hence the comparison with "int".
+    kind = next(f.type for f in fields(cls) if f.name == key)
+    return int(number) if kind == "int" else float(number)
+
+
+def parse_limit_override(
+    text: str, quotas: Quotas | None = None, limits: Limits | None = None
+) -> tuple[Quotas, Limits]:
+    """Apply one ``NAME=VALUE`` override (``cpu=5s``, ``quotas.sockets=4``) to new objects.
+
+    Returns new immutable ``(quotas, limits)``; the inputs (default: the built-in defaults) are
+    not changed. ConfigError names the key.
+    """
+    quotas = quotas if quotas is not None else Quotas()
+    limits = limits if limits is not None else Limits()
+    name, sep, value = text.partition("=")
+    name = name.strip()
+    table, _, key = name.rpartition(".")
+    if not table:
+        table = "quotas" if key in _PARSERS["quotas"] else "limits"
+    if not sep or table not in _PARSERS or key not in _PARSERS[table]:
+        known = ", ".join([*_PARSERS["quotas"], *_PARSERS["limits"]])
+        raise ConfigError(f"expected NAME=VALUE with NAME one of: {known}", key=name or text)
+    try:
+        number = parse_budget_value(table, key, value.strip())
+    except ValueError as exc:
+        raise ConfigError(str(exc), key=f"{table}.{key}") from None
+    if table == "quotas":
+        return replace(quotas, **{key: _coerce(Quotas, key, number)}), limits
+    return quotas, replace(limits, **{key: _coerce(Limits, key, number)})
+
+
+# ---------------------------------------------------------------- TOML with lines
+
+
+_TOKEN = re.compile(
+    r'"""(?:\\.|[^\\])*?""""{0,2}|\'\'\'.*?\'\'\'\'{0,2}|"(?:\\.|[^"\\\n])*"|\'[^\'\n]*\''
+    r"|#[^\n]*|[^\s\[\]{}=,#\"']+|\S|\n",
+    re.S,
+)
+
+
+def _key_parts(token: str) -> list[str]:
+    if token[0] in "\"'":
+        return [token[1:-1]]
+    return [part for part in token.split(".") if part]
+
+
+def locate_lines(text: str) -> dict[str, int]:
+    """Map every key path (``connect.allow[2]``, ``grant[0].policy``) to its 1-based line.
+
+    A small scanner for TOML that tomllib already accepted: it follows tables, arrays of
+    tables, dotted keys and arrays; inline tables are skipped (their keys get no line).
+    """
+    lines: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    prefix, keys, line, header, inline = "", list[str](), 1, 0, 0
+    arrays: list[list[Any]] = []  # open arrays: [path, element index, element seen]
+    value_at: str | None = None  # the key whose value comes next
+    for m in _TOKEN.finditer(text):
+        tok, first = m.group(), line
+        line += tok.count("\n")
+        if tok == "\n" or tok[0] == "#":
+            keys = keys if arrays else []
+            continue
+        if inline:
+            inline += (tok == "{") - (tok == "}")
+            continue
+        if header:
+            if tok == "]":
+                name = ".".join(keys)
+                if header == 2:
+                    counts[name] = counts.get(name, -1) + 1
+                    name = f"{name}[{counts[name]}]"
+                lines.setdefault(name, first)
+                prefix, keys, header = name + ".", [], 0
+            elif tok != "[":
+                keys += _key_parts(tok)
+        elif value_at is not None or arrays:
+            if value_at is not None:
+                path, value_at = value_at, None
+            else:
+                top = arrays[-1]
+                if tok in "],":
+                    if tok == "]":
+                        arrays.pop()
+                    top[1:] = [top[1] + 1, False]
+                    continue
+                if top[2]:
+                    continue
+                path, top[2] = f"{top[0]}[{top[1]}]", True
+            lines.setdefault(path, first)
+            if tok == "[":
+                arrays.append([path, 0, False])
+            inline = int(tok == "{")
+        elif tok == "[" and not keys:
+            header = 2 if text.startswith("[[", m.start()) else 1
+        elif tok == "=":
+            value_at, keys = prefix + ".".join(keys), []
+        elif tok != "]":
+            keys += _key_parts(tok)
+    return lines
+
+
+def read_toml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """The parsed document and its line map; UnreadableError for I/O or TOML syntax errors."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UnreadableError(f"cannot read: {reason}", file=str(path)) from None
+    return parse_toml(text, str(path))
+
+
+def parse_toml(text: str, file: str) -> tuple[dict[str, Any], dict[str, int]]:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"\(at line (\d+)", str(exc))
+        raise UnreadableError(
+            f"not valid TOML: {exc}", file=file, line=int(m.group(1)) if m else 0
+        ) from None
+    return doc, locate_lines(text)
+
+
+def convert(doc: dict[str, Any], schema: type[Any], file: str, lines: dict[str, int]) -> Any:
+    """msgspec.convert with errors turned into ConfigError(file, key path, line)."""
+    try:
+        return msgspec.convert(doc, schema, strict=True)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        m = re.fullmatch(r"(.*?)(?: - at `\$\.?(.*)`)?", text, re.S)
+        assert m is not None
+        message, path = m.group(1), m.group(2) or ""
+        unknown = re.fullmatch(r"Object contains unknown field `(.*)`", message)
+        if unknown:
+            path = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
+            message = "unknown key"
+        else:
+            message = message.replace("`", "").replace("Expected", "expected")
+        # The nearest enclosing key with a known line: "a.b[2].c", then "a.b[2]", "a.b"...
+        probe = path
+        while probe and probe not in lines:
+            shorter = re.sub(r"(\.[^.\[]*|\[[^\]]*\])$", "", probe)
+            if shorter == probe:
+                break
+            probe = shorter
+        line = lines.get(probe) or min(
+            (n for k, n in lines.items() if k.startswith((f"{path}[", f"{path}."))), default=0
+        )
+        raise ConfigError(message, file=file, key=path, line=line) from None
+
+
+# ---------------------------------------------------------------- policy documents
+
+
+class _Rules(msgspec.Struct, forbid_unknown_fields=True):
+    allow: list[str] = msgspec.field(default_factory=list)
+    disallow: list[str] = msgspec.field(default_factory=list)
+
+
+class _PolicyDoc(msgspec.Struct, forbid_unknown_fields=True):
+    description: str = ""
+    hidden_options: list[str] = msgspec.field(default_factory=lambda: ["-peername"])
+    service_names: bool = False
+    connect: _Rules = msgspec.field(default_factory=_Rules)
+    listen: _Rules = msgspec.field(default_factory=_Rules)
+    accept: _Rules = msgspec.field(default_factory=_Rules)
+    # Values are checked by _budget, whose messages name the unit expected.
+    quotas: dict[str, Any] = msgspec.field(default_factory=dict)
+    limits: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleText:
+    """One rule as written: ``connect.allow[2]`` on line 14 of ``file`` is ``host port``."""
+
+    action: str
+    kind: str
+    index: int
+    host: str
+    port: str
+    file: str
+    line: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.action}.{self.kind}[{self.index}]"
+
+    @property
+    def label(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else f"{self.file}: {self.key}"
+        return f"{where}: {self.kind} {self.host} {self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyDocument:
+    """A validated policy file before its words are compiled."""
+
+    name: str
+    path: Path | None
+    file: str
+    description: str
+    hidden_options: tuple[str, ...]
+    service_names: bool
+    rules: tuple[RuleText, ...]
+    quotas: Quotas
+    limits: Limits
+
+
+def read_policy_document(path: str | Path) -> PolicyDocument:
+    doc, lines = read_toml(path)
+    return build_policy_document(doc, lines, str(path), Path(path).stem, Path(path))
+
+
+def build_policy_document(
+    doc: dict[str, Any], lines: dict[str, int], file: str, name: str, path: Path | None
+) -> PolicyDocument:
+    parsed: _PolicyDoc = convert(doc, _PolicyDoc, file, lines)
+    for i, option in enumerate(parsed.hidden_options):
+        if not re.fullmatch(r"-[a-z]+", option, re.ASCII):
+            message = f"expected an option name like -peername, got {option!r}"
+            raise _error(message, file, f"hidden_options[{i}]", lines)
+    rules: list[RuleText] = []
+    for action in ACTIONS:
+        section: _Rules = getattr(parsed, action)
+        for kind in KINDS:
+            for i, text in enumerate(getattr(section, kind)):
+                key = f"{action}.{kind}[{i}]"
+                words = text.split()
+                if len(words) != 2:
+                    raise _error(f'expected "HOSTWORD PORTWORD", got {text!r}', file, key, lines)
+                rules.append(RuleText(action, kind, i, words[0], words[1], file, lines.get(key, 0)))
+    quotas = _budget("quotas", parsed.quotas, file, lines)
+    limits = _budget("limits", parsed.limits, file, lines)
+    options = tuple(dict.fromkeys(parsed.hidden_options))
+    head = (name, path, file, parsed.description, options, parsed.service_names)
+    return PolicyDocument(*head, tuple(rules), quotas, limits)
+
+
+# ---------------------------------------------------------------- master config
+
+
+class _GrantDoc(msgspec.Struct, forbid_unknown_fields=True):
+    policy: str
+    origins: list[str]
+
+
+class _MasterDoc(msgspec.Struct, forbid_unknown_fields=True):
+    grant: list[_GrantDoc] = msgspec.field(default_factory=list)
+    deny: list[_GrantDoc] = msgspec.field(default_factory=list)
+
+
+# A canonical origin URL always carries its port, so a pattern without one can never match.
+_PORTLESS = re.compile(r"(https?|ftp|wss?)://[^/:*?\[\]]+(/.*)?")
+
+
+@dataclass(frozen=True, slots=True)
+class MasterRule:
+    kind: str  # "grant" or "deny"
+    policy: str  # a policy name, or a glob over names
+    origins: tuple[str, ...]  # globs over canonical origin URLs, or "UNKNOWN"
+    label: str  # "file:line: grant home"
+
+    def matches(self, policy_name: str, origin: Origin) -> bool:
+        if not fnmatch.fnmatchcase(policy_name, self.policy):
+            return False
+        for pattern in self.origins:
+            if pattern == "UNKNOWN":
+                if not origin.known:
+                    return True
+            elif origin.known and fnmatch.fnmatchcase(origin.url, pattern):
+                return True
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class MasterDecision:
+    allowed: bool
+    rule: str  # the deciding rule's label, "" when no rule matched
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class MasterConfig:
+    """Which policies a tclet may request for which origins (the plugin's plugin.cfg).
+
+    Allowed iff some ``grant`` matches the policy name and origin and no ``deny`` does.
+    Origin patterns are globs on the canonical origin URL; ``UNKNOWN`` matches a tclet whose
+    origin is unknown, which no glob (not even ``*``) does.
+    """
+
+    path: Path | None
+    rules: tuple[MasterRule, ...]
+
+    def check(self, policy_name: str, origin: Origin) -> MasterDecision:
+        for rule in self.rules:
+            if rule.kind == "deny" and rule.matches(policy_name, origin):
+                return MasterDecision(False, rule.label, f"policy {policy_name} denied")
+        for rule in self.rules:
+            if rule.kind == "grant" and rule.matches(policy_name, origin):
+                return MasterDecision(True, rule.label, f"policy {policy_name} granted")
+        return MasterDecision(False, "", f"no grant of policy {policy_name} for {origin.url}")
+
+    def allows(self, policy_name: str, origin: Origin) -> bool:
+        return self.check(policy_name, origin).allowed
+
+
+def load_master(path: str | Path | None = None) -> MasterConfig:
+    """Load the master config (default: the shipped ``master.toml``); ConfigError if invalid."""
+    if path is None:
+        from tcletd.policy import policy_dir
+
+        path = policy_dir() / "master.toml"
+    doc, lines = read_toml(path)
+    return build_master(doc, lines, str(path), Path(path))
+
+
+def build_master(
+    doc: dict[str, Any], lines: dict[str, int], file: str, path: Path | None
+) -> MasterConfig:
+    parsed: _MasterDoc = convert(doc, _MasterDoc, file, lines)
+    rules: list[MasterRule] = []
+    for kind, entries in (("grant", parsed.grant), ("deny", parsed.deny)):
+        for i, entry in enumerate(entries):
+            key = f"{kind}[{i}]"
+            if not re.fullmatch(r"[A-Za-z0-9_*?\[\]!-]+", entry.policy, re.ASCII):
+                raise _error("expected a policy name or glob", file, f"{key}.policy", lines)
+            for j, pattern in enumerate(entry.origins):
+                if not pattern or any(c.isspace() for c in pattern) or _PORTLESS.fullmatch(pattern):
+                    message = (
+                        f"{pattern!r} can never match: expected a glob on canonical origin URLs, "
+                        "which always carry the port (http://host:80/*), or UNKNOWN"
+                    )
+                    raise _error(message, file, f"{key}.origins[{j}]", lines)
+            line = lines.get(key, 0)
+            label = f"{file}:{line}" if line else f"{file}: {key}"
+            label = f"{label}: {kind} {entry.policy}"
+            rules.append(MasterRule(kind, entry.policy, tuple(entry.origins), label))
+    return MasterConfig(path, tuple(rules))

@@ -1,0 +1,210 @@
+"""The worker's link to the host: one ZeroMQ DEALER for requests and events, one Unix
+SOCK_SEQPACKET socketpair on which the host hands over socket descriptors.
+
+Worker side of the trust boundary: this code is ours but shares a process with the untrusted
+tclet, so it holds nothing the tclet could use against the host (no host state, no other
+tclet's anything). It implements the runtime's :class:`~tcletd.worker.tclrt.Broker` with
+synchronous requests, the way Tcl's own ``socket`` blocks: the Tcl event loop does not run while
+a request is in flight, and events that arrive meanwhile are queued and dispatched from the loop.
+
+zmq.FD is edge-triggered (perf-baseline.md pitfalls 1-2): every wake-up drains until
+``zmq.Again``, and every send is followed by a check of ``EVENTS`` that schedules a drain.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import socket
+import struct
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import msgspec
+import zmq
+
+from tcletd import protocol as p
+from tcletd.errors import RequestError
+
+if TYPE_CHECKING:
+    from tcletd.worker.tclrt import TclRuntime
+
+# The status a worker exits with when its host is gone (fail closed, like Deno's broker loss).
+EXIT_HOST_GONE = 75
+
+
+class Link:
+    """The worker's half of the control plane and the descriptor channel."""
+
+    def __init__(self, spec: p.WorkerSpec, fdsock: socket.socket) -> None:
+        self._spec = spec
+        self._fdsock = fdsock
+        # socket.recv_fds ignores its flags on Python < 3.12; a non-blocking socket is simpler.
+        fdsock.setblocking(False)
+        self._ctx = zmq.Context(io_threads=1)
+        self._dealer = self._ctx.socket(zmq.DEALER)
+        self._dealer.setsockopt(zmq.IDENTITY, spec.tclet_id.encode())
+        # Bounded linger: a Close sent just before exit should still leave, but never hang exit.
+        self._dealer.setsockopt(zmq.LINGER, 200)
+        self._dealer.connect(spec.endpoint)
+        self._poller = zmq.Poller()
+        self._poller.register(self._dealer, zmq.POLLIN)
+        self._poller.register(fdsock, zmq.POLLIN)
+        self._next_req = 1
+        self._fds: dict[int, int] = {}
+        self._events: deque[p.HostMessage] = deque()
+        self._replies: dict[int, p.HostMessage] = {}
+        self._runtime: TclRuntime | None = None
+        self._drain_scheduled = False
+        self._send(p.Hello(token=spec.token, pid=os.getpid()))
+
+    # ---- wiring into the Tcl event loop --------------------------------------------------
+
+    def attach(self, runtime: TclRuntime) -> None:
+        """Register the link's descriptors with the runtime's Tcl notifier."""
+        import tkinter
+
+        self._runtime = runtime
+        tk = runtime.tk
+        zfd = self._dealer.getsockopt(zmq.FD)
+        assert isinstance(zfd, int)
+        tk.createfilehandler(zfd, tkinter.READABLE, lambda *_: self._pump())
+        tk.createfilehandler(self._fdsock.fileno(), tkinter.READABLE, lambda *_: self._pump())
+        self._pump()
+
+    def _schedule_drain(self) -> None:
+        if self._runtime is not None and not self._drain_scheduled:
+            self._drain_scheduled = True
+            self._runtime.tk.after(0, self._pump)
+
+    def _pump(self) -> None:
+        """Read everything available, then dispatch queued events to the runtime."""
+        self._drain_scheduled = False
+        self._read_fds()
+        self._drain()
+        while self._events and self._runtime is not None:
+            self._dispatch(self._events.popleft())
+
+    def _dispatch(self, msg: p.HostMessage) -> None:
+        assert self._runtime is not None
+        if isinstance(msg, p.Accepted):
+            fd = self._take_fd(msg.sock)
+            self._runtime.accepted(msg.listener, msg.sock, fd, msg.peer_host, msg.peer_port)
+        elif isinstance(msg, p.Stop):
+            self._runtime.stop(msg.status)
+
+    # ---- raw I/O ---------------------------------------------------------------------------
+
+    def _send(self, msg: msgspec.Struct) -> None:
+        self._dealer.send(p.encode(msg))
+        if int(self._dealer.get(zmq.EVENTS)) & zmq.POLLIN:
+            self._schedule_drain()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                raw = self._dealer.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = p.HOST_DECODER.decode(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue  # the host is trusted; a frame we cannot read is a version skew
+            if isinstance(msg, p.Accepted | p.Stop):
+                self._events.append(msg)
+            else:
+                self._replies[msg.req] = msg
+
+    def _read_fds(self) -> None:
+        """Move every descriptor waiting on the socketpair into the stash."""
+        fd_space = socket.CMSG_SPACE(4 * array.array("i").itemsize)
+        while True:
+            try:
+                data, ancdata, _flags, _addr = self._fdsock.recvmsg(p.FD_FRAME_SIZE, fd_space)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                os._exit(EXIT_HOST_GONE)
+            fds = array.array("i")
+            for level, kind, payload in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    usable = len(payload) - len(payload) % fds.itemsize
+                    fds.frombytes(payload[:usable])
+            if not data and not fds:
+                os._exit(EXIT_HOST_GONE)  # the host is gone: fail closed
+            if len(data) == p.FD_FRAME_SIZE and len(fds) == 1:
+                (sock,) = struct.unpack(">Q", data)
+                self._fds[sock] = fds[0]
+            else:
+                for fd in fds:
+                    os.close(fd)
+
+    def _take_fd(self, sock: int) -> int:
+        while sock not in self._fds:
+            self._poller.poll()
+            self._read_fds()
+            self._drain()
+        return self._fds.pop(sock)
+
+    def _request(self, build: Callable[[int], msgspec.Struct]) -> p.HostMessage:
+        req = self._next_req
+        self._next_req += 1
+        self._send(build(req))
+        while req not in self._replies:
+            self._poller.poll()
+            self._read_fds()
+            self._drain()
+        if self._events:
+            self._schedule_drain()
+        reply = self._replies.pop(req)
+        if isinstance(reply, p.Denied):
+            raise RequestError(reply.message, tuple(reply.errorcode))
+        return reply
+
+    # ---- the runtime's Broker --------------------------------------------------------------
+
+    @staticmethod
+    def _check_words(*words: str) -> None:
+        # The host ends a worker whose message breaks the wire bounds, so a tclet's oversized
+        # argument must fail here as an ordinary Tcl error instead.
+        for word in words:
+            if len(word) > p.MAX_WORD:
+                raise RequestError(
+                    f"argument too long ({len(word)} characters, limit {p.MAX_WORD})"
+                )
+
+    def connect(
+        self, host: str, port: str, myaddr: str, myport: str, asynchronous: bool
+    ) -> tuple[int, int]:
+        self._check_words(host, port, myaddr, myport)
+        reply = self._request(
+            lambda req: p.Connect(
+                req=req,
+                host=host,
+                port=port,
+                myaddr=myaddr,
+                myport=myport,
+                asynchronous=asynchronous,
+            )
+        )
+        assert isinstance(reply, p.Granted)
+        return reply.sock, self._take_fd(reply.sock)
+
+    def listen(self, port: str, myaddr: str) -> tuple[int, list[list[str]]]:
+        self._check_words(port, myaddr)
+        reply = self._request(lambda req: p.Listen(req=req, port=port, myaddr=myaddr))
+        assert isinstance(reply, p.Listening)
+        return reply.sock, reply.sockname
+
+    def close(self, sock_id: int) -> None:
+        self._send(p.Close(sock=sock_id))
+
+    def request_policy(self, name: str) -> list[str]:
+        self._check_words(name)
+        reply = self._request(lambda req: p.RequestPolicy(req=req, name=name))
+        assert isinstance(reply, p.PolicyGranted)
+        return reply.hidden_options
+
+    def heartbeat(self, state: str, commands: int) -> None:
+        self._send(p.Heartbeat(state=state, commands=commands))

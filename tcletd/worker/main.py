@@ -1,0 +1,84 @@
+"""Worker process entry: the first code that runs in a fresh worker forked from the fork server.
+
+Worker side of the trust boundary. It wires the process up before any tclet code runs: the
+worker dies with its fork server (which dies with the host), stdout/stderr become the host's
+output socketpairs, the link to the host is made, then the Tcl runtime runs the tclet. The fork
+server preloads this module, so its imports are paid once, not per worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+import msgspec
+import zmq  # noqa: F401  (preloaded in the fork server)
+
+from tcletd import protocol as p
+from tcletd.worker.link import EXIT_HOST_GONE, Link
+from tcletd.worker.tclrt import TclRuntime
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL us when the fork server exits; it exits when the host does."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getppid()
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent or parent == 1:
+        os._exit(EXIT_HOST_GONE)  # the parent died before the request took effect
+
+
+def _redirect_output(out: socket.socket, err: socket.socket) -> None:
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(out.fileno(), 1)
+    os.dup2(err.fileno(), 2)
+    out.close()
+    err.close()
+
+
+def _drop_fork_server_fds() -> None:
+    """Close the fork server's "alive" pipe and the resource tracker's pipe in this worker.
+
+    Every child inherits them; while any worker holds the alive pipe, the fork server would not
+    see the host's death, would not exit, and so would not take its workers with it.
+    """
+    from multiprocess import forkserver, resource_tracker
+
+    server: Any = forkserver._forkserver
+    tracker: Any = resource_tracker._resource_tracker
+    for owner, attr in ((server, "_forkserver_alive_fd"), (tracker, "_fd")):
+        fd = getattr(owner, attr, None)
+        if isinstance(fd, int):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            setattr(owner, attr, None)
+
+
+def run(spec_bytes: bytes, fdsock: socket.socket, out: socket.socket, err: socket.socket) -> None:
+    """Run one tclet and exit with its status; never returns."""
+    _drop_fork_server_fds()
+    _die_with_parent()
+    # The host's signals are for the host; a worker ends on SIGTERM at once (no Python cleanup).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _redirect_output(out, err)
+    try:
+        spec = p.SPEC_DECODER.decode(spec_bytes)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        os.write(2, f"tcletd worker: bad start arguments: {exc}\n".encode())
+        os._exit(70)
+    link = Link(spec, fdsock)
+    runtime = TclRuntime(spec, link)
+    link.attach(runtime)
+    status = runtime.run()
+    sys.stdout.flush()
+    os._exit(status)

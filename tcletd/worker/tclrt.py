@@ -1,0 +1,330 @@
+"""The worker's Tcl runtime: a Safe Base interpreter running the tclet, with host-mediated sockets.
+
+:class:`TclRuntime` owns the master interpreter (``tkinter.Tcl()``, no display) and the tclet's
+Safe Base interpreter. The link (:mod:`tcletd.worker.link`) gives it a :class:`Broker` to ask the
+host for sockets and policies, registers its own file handlers on :attr:`TclRuntime.tk`, and calls
+:meth:`TclRuntime.accepted` / :meth:`TclRuntime.stop` when the host says so.
+
+What the tclet gets beyond a plain Safe Base interpreter (see :mod:`tcletd.worker.aliases`):
+``socket`` (client and server forms, native channels), ``fconfigure``/``chan configure`` without
+the policy's hidden options, ``policy``, a real ``exit``, ``stdout``/``stderr`` (shared with the
+master, i.e. the host's output socketpairs), ``argv``/``argc``/``argv0``/``embed_args``, tclsh's
+background error report, and no ``chan pipe`` in it or in any interpreter it creates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tkinter
+from dataclasses import dataclass
+from typing import Protocol
+
+from tcletd.errors import RequestError
+from tcletd.protocol import WorkerSpec
+from tcletd.worker.aliases import MASTER_TCL, TclCommandError, parse_socket_args
+from tcletd.worker.channels import ChannelFactory
+
+__all__ = ["SLAVE", "Broker", "TclRuntime"]
+
+SLAVE = "tclet"
+"""The tclet's interpreter path in the master."""
+
+_DONT_WAIT = 2  # TCL_DONT_WAIT (tkinter.DONT_WAIT)
+
+
+class Broker(Protocol):
+    """The host, as the runtime sees it; implemented by the link, called synchronously."""
+
+    def connect(
+        self, host: str, port: str, myaddr: str, myport: str, asynchronous: bool
+    ) -> tuple[int, int]:
+        """``(sock_id, fd)`` of a connected (or, asynchronous, connecting) socket.
+
+        Raises :class:`~tcletd.errors.RequestError` with the tclet's message and errorcode.
+        """
+        ...
+
+    def listen(self, port: str, myaddr: str) -> tuple[int, list[list[str]]]:
+        """``(sock_id, sockname)``; sockname is Tcl's ``{addr host port}`` triples."""
+        ...
+
+    def close(self, sock_id: int) -> None:
+        """The tclet closed a granted socket (connected or listening)."""
+        ...
+
+    def request_policy(self, name: str) -> list[str]:
+        """The granted policy's hidden fconfigure options; RequestError if refused."""
+        ...
+
+
+@dataclass
+class _Listener:
+    command: str
+    channel: str
+
+
+class TclRuntime:
+    """One tclet's Tcl: its master interpreter, its Safe Base interpreter and its aliases.
+
+    Single-threaded: every method must be called on the thread that created the runtime.
+    ``native_channels=False`` forces the reflected-channel fallback (tests, ``doctor``).
+    """
+
+    def __init__(self, spec: WorkerSpec, broker: Broker, *, native_channels: bool = True) -> None:
+        self.spec = spec
+        self.broker = broker
+        self.tk: tkinter.Tk = tkinter.Tcl()
+        self.slave = SLAVE
+        self.status: int | None = None
+        """The exit status once the tclet ended (exit, error, stop, nothing left)."""
+        self.policy = spec.policy
+        self.hidden_options = list(spec.hidden_options)
+        self._policy_fixed = False
+        self._sockets: dict[int, str] = {}  # connected sock id -> channel name
+        self._listeners: dict[int, _Listener] = {}
+        self._failure: BaseException | None = None
+        self._running = False
+        self.channels = ChannelFactory(self.tk, self._closed, native=native_channels)
+        self._install()
+
+    # ---- set-up ----------------------------------------------------------------------------------
+
+    def _install(self) -> None:
+        tk = self.tk
+        tk.eval(MASTER_TCL)
+        self._set_hidden(self.hidden_options)
+        for name, func in (
+            ("socket", self._py_socket),
+            ("policy", self._py_policy),
+            ("exit", self._py_exit),
+            ("drain", self._py_drain),
+        ):
+            tk.createcommand(f"::tcletd::py::{name}", func)
+        lib = str(tk.eval("info library"))
+        subdirs = tk.splitlist(tk.call("glob", "-nocomplain", "-type", "d", "-dir", lib, "*"))
+        access = [lib, *subdirs]
+        slave = self.slave
+        tk.call("::safe::interpCreate", slave, "-accessPath", tuple(access), "-noStatics")
+        for name, target in (
+            ("socket", ("::tcletd::call", "socket", "::tcletd::py::socket")),
+            ("fconfigure", ("::tcletd::FconfigureAlias", slave)),
+            ("policy", ("::tcletd::call", "policy", "::tcletd::py::policy")),
+            ("exit", ("::tcletd::ExitAlias",)),
+            ("::tcl::Bgerror", ("::tcletd::bgerror", slave)),
+        ):
+            tk.call("interp", "alias", slave, name, "", *target)
+        tk.call("interp", "bgerror", slave, "::tcl::Bgerror")
+        tk.call("::tcletd::Harden", slave)
+        for chan in ("stdout", "stderr"):
+            tk.call("interp", "share", "", chan, slave)
+        argv = tuple(self.spec.argv)
+        embed = tuple(x for kv in self.spec.embed_args.items() for x in kv)
+        for var, value in (
+            ("::argv", argv),
+            ("::argc", str(len(argv))),
+            ("::argv0", self.spec.script_name),
+            ("::tcl_interactive", "0"),
+        ):
+            tk.call("interp", "eval", slave, ("::set", var, value))
+        tk.call("interp", "eval", slave, ("::array", "set", "::embed_args", embed))
+        tk.call("interp", "eval", slave, ("::info", "script", self.spec.script_name))
+
+    def _set_hidden(self, options: list[str]) -> None:
+        self.hidden_options = list(options)
+        self.tk.call("set", "::tcletd::hidden", tuple(options))
+
+    def describe_channels(self) -> str:
+        """Which channel implementation is in use (for ``tcletd doctor`` and the logs)."""
+        return self.channels.describe()
+
+    # ---- the link's entry points -----------------------------------------------------------------
+
+    def run(self) -> int:
+        """Evaluate the script, then serve events until the tclet ends; returns its exit status.
+
+        The tclet ends on ``exit``, on an uncaught error (status 1, errorInfo on stderr), on
+        :meth:`stop`, or once its script returned and nothing is left for the event loop (no
+        ``after`` event, no fileevent handler, no server socket, in it or its children). A failure
+        of the broker other than a refused request is re-raised here after the tclet ended.
+        """
+        if self._running:
+            raise RuntimeError("TclRuntime.run() is not re-entrant")
+        self._running = True
+        try:
+            if self.status is None:
+                self._run_script()
+            while not self._ended():
+                self.channels.closes.drain()
+                if self.tk.dooneevent(_DONT_WAIT):
+                    continue
+                if self._ended() or not self._busy():
+                    break
+                self.tk.dooneevent(0)
+            self._terminate(0)
+        finally:
+            self._finish()
+        if self._failure is not None:
+            raise self._failure
+        assert self.status is not None
+        return self.status
+
+    def stop(self, status: int) -> None:
+        """The host ends the tclet: flush its output and sockets, end with ``status``."""
+        self._terminate(status)
+
+    def accepted(self, listener: int, sock: int, fd: int, peer_host: str, peer_port: int) -> None:
+        """The host accepted a connection on the tclet's server socket ``listener``."""
+        entry = self._listeners.get(listener)
+        if entry is None or self.status is not None:
+            os.close(fd)
+            self._notify_close(sock)
+            return
+        try:
+            name = self.channels.make(fd, sock)
+        except (OSError, tkinter.TclError):
+            self._notify_close(sock)
+            return
+        self._sockets[sock] = name
+        try:
+            self.tk.call(
+                "::tcletd::accept", self.slave, name, entry.command, peer_host, str(peer_port)
+            )
+        except tkinter.TclError:  # the tclet is gone: its channel went with it
+            with contextlib.suppress(tkinter.TclError):
+                self.tk.call("close", name)
+        self.channels.closes.drain()
+
+    # ---- internals -------------------------------------------------------------------------------
+
+    def _run_script(self) -> None:
+        result = self.tk.splitlist(
+            self.tk.call("::tcletd::runscript", self.slave, self.spec.script, self.spec.script_name)
+        )
+        if self.status is not None or str(result[0]) == "0":
+            return
+        with contextlib.suppress(tkinter.TclError):
+            self.tk.call("puts", "stderr", result[1])
+        self._terminate(1)
+
+    def _ended(self) -> bool:
+        return self.status is not None
+
+    def _busy(self) -> bool:
+        if self._listeners:
+            return True
+        return bool(int(self.tk.call("::tcletd::busy", self.slave)))
+
+    def _terminate(self, status: int) -> None:
+        if self.status is not None:
+            return
+        self.status = status
+        chans = tuple(self._sockets.values())
+        with contextlib.suppress(tkinter.TclError):
+            self.tk.call("::tcletd::shutdown", self.slave, chans)
+
+    def _finish(self) -> None:
+        for chan in ("stdout", "stderr"):
+            with contextlib.suppress(tkinter.TclError):
+                self.tk.call("fconfigure", chan, "-blocking", "1")
+                self.tk.call("flush", chan)
+        with contextlib.suppress(Exception):
+            self.channels.closes.drain()
+        self.channels.close()
+
+    def _closed(self, sock_id: int) -> None:
+        """Tcl closed the channel of ``sock_id`` (delivered outside Tcl's close)."""
+        self._sockets.pop(sock_id, None)
+        self._listeners.pop(sock_id, None)
+        self._notify_close(sock_id)
+
+    def _notify_close(self, sock_id: int) -> None:
+        try:
+            self.broker.close(sock_id)
+        except Exception as exc:  # the link is gone: end the tclet, report from run()
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+        self._terminate(70)
+
+    # ---- Python commands behind the aliases (answer {ok value} / {error message errorcode}) -----
+
+    def _py_socket(self, *args: str) -> tuple[object, ...]:
+        try:
+            parsed = parse_socket_args(args)
+        except TclCommandError as exc:
+            return ("error", exc.message, exc.errorcode)
+        try:
+            if parsed.server:
+                sock_id, sockname = self.broker.listen(parsed.port, parsed.myaddr)
+            else:
+                sock_id, fd = self.broker.connect(
+                    parsed.host, parsed.port, parsed.myaddr, parsed.myport, parsed.asynchronous
+                )
+        except RequestError as exc:
+            return ("error", exc.message, tuple(exc.errorcode))
+        except Exception as exc:
+            self._fail(exc)
+            return ("error", "couldn't open socket: host unavailable", ("NONE",))
+        ended = ("error", "couldn't open socket: tclet ended", ("NONE",))
+        if parsed.server:
+            if self.status is not None:  # stopped while waiting for the host
+                self._notify_close(sock_id)
+                return ended
+            try:
+                name = self.channels.make_server(sock_id, sockname)
+            except tkinter.TclError as exc:
+                self._notify_close(sock_id)
+                return ("error", f"couldn't open socket: {exc}", ("NONE",))
+            self._listeners[sock_id] = _Listener(parsed.command, name)
+        else:
+            if self.status is not None:
+                os.close(fd)
+                self._notify_close(sock_id)
+                return ended
+            try:
+                name = self.channels.make(fd, sock_id)  # owns fd from here, even on failure
+            except (OSError, tkinter.TclError) as exc:
+                self._notify_close(sock_id)
+                return ("error", f"couldn't open socket: {exc}", ("NONE",))
+            self._sockets[sock_id] = name
+        try:
+            self.tk.call("interp", "transfer", "", name, self.slave)
+        except tkinter.TclError as exc:
+            with contextlib.suppress(tkinter.TclError):
+                self.tk.call("close", name)  # its close handler reports it to the host
+            self.channels.closes.drain()
+            return ("error", f"couldn't open socket: {exc}", ("NONE",))
+        return ("ok", name)
+
+    def _py_policy(self, *args: str) -> tuple[object, ...]:
+        if len(args) > 1:
+            return ("error", 'wrong # args: should be "policy ?name?"', ("TCL", "WRONGARGS"))
+        if not args:
+            return ("ok", self.policy)
+        name = args[0]
+        if self._policy_fixed:
+            if name == self.policy:
+                return ("ok", name)
+            return ("error", f'security policy "{self.policy}" already loaded', ("NONE",))
+        try:
+            hidden = self.broker.request_policy(name)
+        except RequestError as exc:
+            return ("error", exc.message, tuple(exc.errorcode))
+        except Exception as exc:
+            self._fail(exc)
+            return ("error", "policy request failed", ("NONE",))
+        self.policy = name
+        self._policy_fixed = True
+        self._set_hidden(list(hidden))
+        return ("ok", name)
+
+    def _py_drain(self) -> str:
+        self.channels.closes.drain()
+        return ""
+
+    def _py_exit(self, code: str) -> str:
+        self._terminate(int(code))
+        return ""

@@ -1,0 +1,78 @@
+"""Shared fixtures: run ``tcletd`` as a real process, bounded in time and ended by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Ran:
+    status: int
+    stdout: str
+    stderr: str
+
+
+def run_tcletd(
+    args: Sequence[str], *, stdin: str | None = None, timeout: float = 20.0, cwd: Path = ROOT
+) -> Ran:
+    """Run ``python -m tcletd ARGS``; on timeout the whole process group is killed by PID."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tcletd", *args],
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(stdin.encode() if stdin is not None else None, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(
+            f"tcletd {' '.join(args)} ran past {timeout}s\nstdout: {out!r}\nstderr: {err!r}"
+        ) from None
+    return Ran(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+def run_tclet(
+    script: str,
+    *extra: str,
+    policy: str | None = "trusted",
+    origin: str | None = None,
+    argv: Sequence[str] = (),
+    tmp_path: Path,
+    timeout: float = 20.0,
+) -> Ran:
+    """Write SCRIPT to a file and run it with ``tcletd run``."""
+    path = tmp_path / "tclet.tcl"
+    path.write_text(script)
+    args = ["run"]
+    if policy is not None:
+        args += ["--policy", policy]
+    if origin is not None:
+        args += ["--origin", origin]
+    args += [*extra, str(path)]
+    if argv:
+        args += ["--", *argv]
+    return run_tcletd(args, timeout=timeout)
+
+
+@pytest.fixture
+def tclet(tmp_path: Path) -> Iterator[object]:
+    """``tclet(script, ...)`` runs a tclet in a fresh ``tcletd run`` process."""
+
+    def runner(script: str, *extra: str, **kw: object) -> Ran:
+        return run_tclet(script, *extra, tmp_path=tmp_path, **kw)  # type: ignore[arg-type]
+
+    yield runner

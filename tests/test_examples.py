@@ -1,0 +1,125 @@
+"""The shipped example tclets work as examples/README.md says, under the policies it names."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, run_tcletd
+from tests.netutil import HttpServer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _start_server(example: str, *argv: str) -> tuple[subprocess.Popen[bytes], int]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tcletd",
+            "run",
+            "--policy",
+            "trusted",
+            str(ROOT / "examples" / example),
+            "--",
+            *argv,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline().decode()
+    match = re.search(r"port (\d+)", first)
+    if match is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"no port in {first!r}; stderr {proc.stderr.read()!r}")  # type: ignore[union-attr]
+    return proc, int(match.group(1))
+
+
+def _finish(proc: subprocess.Popen[bytes]) -> tuple[int, str]:
+    try:
+        out, _err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return proc.returncode, out.decode()
+
+
+def test_echo_server_and_client() -> None:
+    server, port = _start_server("echo_server.tcl", "0", "1")
+    try:
+        client = run_tcletd(
+            [
+                "run",
+                "--origin",
+                "http://127.0.0.1/",
+                str(ROOT / "examples" / "echo_client.tcl"),
+                "--",
+                "127.0.0.1",
+                str(port),
+                "my own line",
+            ]
+        )
+        assert client.status == 0, client.stderr
+        assert "got:  my own line" in client.stdout
+    finally:
+        status, out = _finish(server)
+    assert status == 0
+    assert "client from 127.0.0.1" in out
+
+
+def test_echo_client_from_another_origin_is_refused() -> None:
+    client = run_tcletd(
+        [
+            "run",
+            "--origin",
+            "http://example.com/",
+            str(ROOT / "examples" / "echo_client.tcl"),
+            "--",
+            "127.0.0.1",
+            "7777",
+        ]
+    )
+    assert client.status != 0
+    assert "permission denied for host 127.0.0.1 port 7777" in client.stderr
+
+
+def test_hi_and_bye_serves_clients_then_exits() -> None:
+    server, port = _start_server("hi_and_bye.tcl", "0", "2")
+    try:
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                data = b""
+                while chunk := conn.recv(100):
+                    data += chunk
+            assert data.replace(b"\r\n", b"\n") == b"Hi\nBye!\n"
+    finally:
+        status, out = _finish(server)
+    assert status == 0
+    assert "said hi and bye to client 2 of 2" in out
+
+
+def test_http_get_under_home() -> None:
+    with HttpServer() as http:
+        url = f"http://127.0.0.1:{http.port}/hello"
+        ran = run_tcletd(
+            [
+                "run",
+                "--origin",
+                f"http://127.0.0.1:{http.port}/app.tcl",
+                str(ROOT / "examples" / "http_get.tcl"),
+                "--",
+                url,
+            ]
+        )
+    assert ran.status == 0, ran.stderr
+    assert "200" in ran.stdout

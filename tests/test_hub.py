@@ -1,0 +1,92 @@
+"""The host's ROUTER treats workers as hostile: token, hello-first, and undecodable frames."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import msgspec
+import pytest
+import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tcletd import protocol as p
+from tcletd.host.hub import Hub, Peer
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def _exchange(tmp_path: Path, frames: list[bytes]) -> tuple[list[str], list[object]]:
+    loop = asyncio.get_running_loop()
+    hub = Hub(f"ipc://{tmp_path}/hub", loop)
+    violations: list[str] = []
+    messages: list[object] = []
+    hub.register(Peer("t1", "secret", messages.append, violations.append))
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.IDENTITY, b"t1")
+    dealer.connect(hub.endpoint)
+    try:
+        for frame in frames:
+            dealer.send(frame)
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if len(violations) + len(messages) >= len(frames):
+                break
+    finally:
+        dealer.close(linger=0)
+        ctx.term()
+        hub.close()
+    return violations, messages
+
+
+def test_hello_with_token_then_requests_are_delivered(tmp_path: Path) -> None:
+    frames = [p.encode(p.Hello(token="secret", pid=1)), p.encode(p.Close(sock=3))]
+    violations, messages = asyncio.run(_exchange(tmp_path, frames))
+    assert violations == []
+    assert messages == [p.Hello(token="secret", pid=1), p.Close(sock=3)]
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [p.encode(p.Close(sock=3))],
+        [p.encode(p.Hello(token="wrong", pid=1))],
+        [b"\xff\x00garbage"],
+        [p.encode(p.Hello(token="secret", pid=1)), p.encode(p.Hello(token="secret", pid=1))],
+        [p.encode(p.Hello(token="secret", pid=1)), p.encode(p.Stop(reason="x", status=1))],
+        [
+            p.encode(p.Hello(token="secret", pid=1)),
+            msgspec.msgpack.encode({"type": "Connect", "req": 1, "host": "x" * 5000, "port": "1"}),
+        ],
+    ],
+    ids=["no-hello", "wrong-token", "garbage", "second-hello", "host-message", "oversized-word"],
+)
+def test_protocol_violations_are_reported(tmp_path: Path, frames: list[bytes]) -> None:
+    violations, _ = asyncio.run(_exchange(tmp_path, frames))
+    assert len(violations) == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=256))
+def test_decoder_raises_only_decode_errors(data: bytes) -> None:
+    with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+        p.WORKER_DECODER.decode(data)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.builds(
+        p.Connect,
+        req=st.integers(0, 2**53),
+        host=st.text(max_size=50),
+        port=st.text(max_size=10),
+        myaddr=st.text(max_size=10),
+        myport=st.text(max_size=5),
+        asynchronous=st.booleans(),
+    )
+)
+def test_messages_round_trip(msg: p.Connect) -> None:
+    assert p.WORKER_DECODER.decode(p.encode(msg)) == msg
