@@ -3,8 +3,10 @@
 Imported by both sides of the trust boundary. The host decodes only with :data:`WORKER_DECODER`,
 which accepts nothing but the worker-to-host union below; any other byte string is a
 :class:`msgspec.DecodeError` or :class:`msgspec.ValidationError` and ends the worker. Bulk bytes
-never travel here: sockets are handed over as descriptors on the worker's Unix socketpair, and
-stdout/stderr flow through their own socketpairs.
+never travel here: stdout/stderr flow through their own socketpairs, and the two messages that
+carry a socket (:class:`Granted`, :class:`Accepted`) travel *with* its descriptor on the worker's
+SOCK_SEQPACKET socketpair (one message, one SCM_RIGHTS descriptor), so a descriptor can never be
+separated from what it means, and a connect costs one ZeroMQ hop instead of two.
 
 Every request carries ``req``, a number the worker chooses; the host answers with the same
 ``req``. Sockets, connected or listening, are named by ``sock``, a number the host chooses.
@@ -22,8 +24,8 @@ Short = Annotated[str, msgspec.Meta(max_length=MAX_WORD)]
 ReqId = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 SockId = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 
-# Descriptor hand-over frames on the socketpair: 8 bytes, the big-endian ``sock``.
-FD_FRAME_SIZE = 8
+# The largest message that travels on the descriptor socketpair (Granted or Accepted).
+FD_MESSAGE_MAX = 4096
 
 
 class WorkerSpec(msgspec.Struct, frozen=True):
@@ -88,7 +90,7 @@ WorkerMessage = Hello | Connect | Listen | Close | RequestPolicy | Heartbeat
 
 
 class Granted(msgspec.Struct, tag=True, frozen=True):
-    """A connected socket; its descriptor is on the socketpair, framed with ``sock``."""
+    """A connected socket; sent on the socketpair with its descriptor."""
 
     req: int
     sock: int
@@ -103,7 +105,7 @@ class Listening(msgspec.Struct, tag=True, frozen=True):
 
 
 class Accepted(msgspec.Struct, tag=True, frozen=True):
-    """An accepted connection on listener ``listener``; its descriptor follows as ``sock``."""
+    """A connection accepted on ``listener``; sent on the socketpair with its descriptor."""
 
     listener: int
     sock: int

@@ -64,9 +64,14 @@ def run(args: argparse.Namespace) -> int:
                 embed_args=embed,
             )
             loop = asyncio.get_running_loop()
+
+            ending: set[asyncio.Task[None]] = set()
+
             # Signal handlers only enqueue: the loop ends the tclet in order.
             def on_signal(signum: int) -> None:
-                loop.create_task(tclet.end(f"host got signal {signum}", 128 + signum))
+                task = loop.create_task(tclet.end(f"host got signal {signum}", 128 + signum))
+                ending.add(task)
+                task.add_done_callback(ending.discard)
 
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, on_signal, signum)
@@ -94,9 +99,13 @@ def doctor(*, verbose: bool) -> int:
         print(f"Tcl unavailable: {exc}")
         return 69
     if verbose:
-        from tcletd.worker.channels import describe_channel_support
+        from tcletd.worker.channels import probe
 
-        print(f"channels: {describe_channel_support(tcl)}")
+        mode, detail = probe(tcl)
+        if mode == "native":
+            print(f"channels: native Tcl sockets through the C API of {detail}")
+        else:
+            print(f"channels: reflected-channel fallback ({detail}); half-close unavailable")
     return 0
 
 

@@ -158,7 +158,6 @@ def test_home_refuses_listening(tclet) -> None:
 def test_accept_rules_check_each_peer(tclet, tmp_path) -> None:
     policy = tmp_path / "srv.toml"
     policy.write_text(
-        
         '[connect]\nallow = ["127.0.0.1 *"]\n'
         '[listen]\nallow = ["127.0.0.1 *"]\n'
         '[accept]\nallow = ["127.0.0.1 *"]\ndisallow = ["127.0.0.1 <1024"]\n'

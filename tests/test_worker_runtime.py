@@ -23,6 +23,7 @@ import pytest
 from tcletd.errors import RequestError
 from tcletd.protocol import WorkerSpec
 from tcletd.worker.aliases import parse_socket_args
+from tcletd.worker.channels import probe
 from tcletd.worker.tclrt import TclRuntime
 
 pytestmark = pytest.mark.timeout(20)
@@ -850,6 +851,12 @@ def test_globals(capfd: pytest.CaptureFixture[str]) -> None:
 
 
 # ---- fallback -----------------------------------------------------------------------------------
+
+
+def test_probe_reports_the_native_path() -> None:
+    mode, detail = probe()
+    assert mode == "native"
+    assert "libtcl" in os.path.basename(detail)
 
 
 def test_reflected_fallback_echo(echo_port: int, capfd: pytest.CaptureFixture[str]) -> None:

@@ -16,8 +16,8 @@ import contextlib
 import errno
 import ipaddress
 import os
+import select
 import socket
-import struct
 from collections.abc import Callable
 
 from tcletd import protocol as p
@@ -55,9 +55,9 @@ class FdChannel:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
 
-    def hand_over(self, sock_id: int, sock: socket.socket) -> None:
-        """Send ``sock``'s descriptor; raises OSError if the worker is not taking them."""
-        socket.send_fds(self._sock, [struct.pack(">Q", sock_id)], [sock.fileno()])
+    def hand_over(self, msg: p.Granted | p.Accepted, sock: socket.socket) -> None:
+        """Send ``msg`` with ``sock``'s descriptor; OSError if the worker is not taking them."""
+        socket.send_fds(self._sock, [p.encode(msg)], [sock.fileno()])
 
 
 class Broker:
@@ -146,13 +146,11 @@ class Broker:
                 if local is not None:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     sock.bind(local)
-                target = (str(address), decision.port)
-                if req.asynchronous:
-                    code = sock.connect_ex(target)
-                    if code not in (0, errno.EINPROGRESS):
-                        raise OSError(code, os.strerror(code))
-                else:
-                    await self._loop.sock_connect(sock, target)
+                code = sock.connect_ex((str(address), decision.port))
+                if code == errno.EINPROGRESS and not req.asynchronous:
+                    code = await self._connected(sock)
+                if code not in (0, errno.EINPROGRESS):
+                    raise OSError(code, os.strerror(code))
             except OSError as exc:
                 sock.close()
                 last = exc
@@ -161,6 +159,23 @@ class Broker:
         if last is None:
             last = OSError(errno.EADDRNOTAVAIL, "no usable address")
         raise os_error(last)
+
+    async def _connected(self, sock: socket.socket) -> int:
+        """Wait for a non-blocking connect to finish; its errno (0 when connected).
+
+        A loopback connect has usually finished by the time connect() returns, so look before
+        paying for a turn of the event loop.
+        """
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        if not poller.poll(0):
+            ready: asyncio.Future[None] = self._loop.create_future()
+            self._loop.add_writer(sock, _resolve, ready)
+            try:
+                await ready
+            finally:
+                self._loop.remove_writer(sock)
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
 
     # ---- listen -----------------------------------------------------------------------------
 
@@ -234,6 +249,12 @@ class Broker:
         host = canonical_host(addr)
         assert host.ip is not None
         return policy.decide("accept", host, port, origin, [host.ip])
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    # A writer callback can fire again before the waiting task has run and removed it.
+    if not future.done():
+        future.set_result(None)
 
 
 def shut(sock: socket.socket) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from tcletd import protocol as p
 from tcletd.host import forkserver
 
+
 @dataclass
 class WorkerProcess:
     """One launched worker and the host's ends of its socketpairs."""

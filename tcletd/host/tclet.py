@@ -13,6 +13,7 @@ import contextlib
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from tcletd import protocol as p
 from tcletd.errors import ProtocolViolation, RequestError
@@ -175,13 +176,15 @@ class Tclet:
             return
         finally:
             self._busy = False
-        if not self.s.hub.send(self.id, reply):
+        if reply is not None and not self.s.hub.send(self.id, reply):
             self.violation("not reading its replies")
 
-    async def _handle(self, msg: p.Connect | p.Listen | p.RequestPolicy) -> p.HostMessage:
+    async def _handle(self, msg: p.Connect | p.Listen | p.RequestPolicy) -> p.HostMessage | None:
+        """The reply to send; None when it already left with a descriptor."""
         if isinstance(msg, p.Connect):
             sock = await self.s.broker.connect(msg, self.policy, self.origin, self._decided(msg))
-            return p.Granted(req=msg.req, sock=self._hand_over(sock))
+            self._hand_over(sock, lambda sock_id: p.Granted(req=msg.req, sock=sock_id))
+            return None
         if isinstance(msg, p.Listen):
             socks, sockname = await self.s.broker.listen(
                 msg, self.policy, self.origin, self._decided(msg)
@@ -214,11 +217,14 @@ class Tclet:
         self._next_sock += 1
         return sock_id
 
-    def _hand_over(self, sock: socket.socket) -> int:
+    def _hand_over(
+        self, sock: socket.socket, message: Callable[[int], p.Granted | p.Accepted]
+    ) -> int:
+        """Give the worker ``sock`` with the message naming it; the host keeps a duplicate."""
         assert self._fds is not None
         sock_id = self._new_id()
         try:
-            self._fds.hand_over(sock_id, sock)
+            self._fds.hand_over(message(sock_id), sock)
         except OSError as exc:
             shut(sock)
             raise ProtocolViolation(f"not taking its descriptors ({exc})") from None
@@ -246,15 +252,11 @@ class Tclet:
                 shut(conn)
                 continue
             try:
-                sock_id = self._hand_over(conn)
+                self._hand_over(
+                    conn, partial(p.Accepted, listener_id, peer_host=addr, peer_port=port)
+                )
             except ProtocolViolation as exc:
                 self.violation(str(exc))
-                return
-            accepted = p.Accepted(
-                listener=listener_id, sock=sock_id, peer_host=addr, peer_port=port
-            )
-            if not self.s.hub.send(self.id, accepted):
-                self.violation("not reading its events")
                 return
 
     # ---- audit --------------------------------------------------------------------------------

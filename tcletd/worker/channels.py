@@ -33,6 +33,7 @@ __all__ = [
     "CloseQueue",
     "bad_option_message",
     "find_libtcl",
+    "probe",
     "resolve_tcp_option",
 ]
 
@@ -122,6 +123,18 @@ def _load_api(tk: tkinter.Tk) -> _TclApi:
     if api.version != want:
         raise OSError(f"{path} is Tcl {api.version}, the interpreter is Tcl {want}")
     return api
+
+
+def probe(tk: tkinter.Tk | None = None) -> tuple[str, str]:
+    """``("native", libtcl path)`` or ``("reflected", why)``: what a worker here would use.
+
+    For ``tcletd doctor`` and start-up logs; creates a throw-away interpreter when ``tk`` is None.
+    """
+    try:
+        api = _load_api(tk if tk is not None else tkinter.Tcl())
+    except (OSError, AttributeError, ValueError, tkinter.TclError) as exc:
+        return ("reflected", f"Tcl C API unavailable: {exc}")
+    return ("native", api.path)
 
 
 class CloseQueue:

@@ -1,5 +1,6 @@
 """The worker's link to the host: one ZeroMQ DEALER for requests and events, one Unix
-SOCK_SEQPACKET socketpair on which the host hands over socket descriptors.
+SOCK_SEQPACKET socketpair on which the host hands over socket descriptors, each with the message
+(Granted or Accepted) that names it.
 
 Worker side of the trust boundary: this code is ours but shares a process with the untrusted
 tclet, so it holds nothing the tclet could use against the host (no host state, no other
@@ -16,7 +17,6 @@ from __future__ import annotations
 import array
 import os
 import socket
-import struct
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -111,17 +111,20 @@ class Link:
                 msg = p.HOST_DECODER.decode(raw)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 continue  # the host is trusted; a frame we cannot read is a version skew
-            if isinstance(msg, p.Accepted | p.Stop):
-                self._events.append(msg)
-            else:
-                self._replies[msg.req] = msg
+            self._route(msg)
+
+    def _route(self, msg: p.HostMessage) -> None:
+        if isinstance(msg, p.Accepted | p.Stop):
+            self._events.append(msg)
+        else:
+            self._replies[msg.req] = msg
 
     def _read_fds(self) -> None:
-        """Move every descriptor waiting on the socketpair into the stash."""
+        """Take every message waiting on the socketpair, stashing its descriptor."""
         fd_space = socket.CMSG_SPACE(4 * array.array("i").itemsize)
         while True:
             try:
-                data, ancdata, _flags, _addr = self._fdsock.recvmsg(p.FD_FRAME_SIZE, fd_space)
+                data, ancdata, _flags, _addr = self._fdsock.recvmsg(p.FD_MESSAGE_MAX, fd_space)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -133,18 +136,19 @@ class Link:
                     fds.frombytes(payload[:usable])
             if not data and not fds:
                 os._exit(EXIT_HOST_GONE)  # the host is gone: fail closed
-            if len(data) == p.FD_FRAME_SIZE and len(fds) == 1:
-                (sock,) = struct.unpack(">Q", data)
-                self._fds[sock] = fds[0]
+            try:
+                msg = p.HOST_DECODER.decode(data)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                msg = None
+            if isinstance(msg, p.Granted | p.Accepted) and len(fds) == 1:
+                self._fds[msg.sock] = fds[0]
+                self._route(msg)
             else:
                 for fd in fds:
                     os.close(fd)
 
     def _take_fd(self, sock: int) -> int:
-        while sock not in self._fds:
-            self._poller.poll()
-            self._read_fds()
-            self._drain()
+        # The descriptor arrived in the same socketpair message as the Granted/Accepted.
         return self._fds.pop(sock)
 
     def _request(self, build: Callable[[int], msgspec.Struct]) -> p.HostMessage:
