@@ -78,13 +78,23 @@ class RequestPolicy(msgspec.Struct, tag=True, frozen=True):
 
 
 class Heartbeat(msgspec.Struct, tag=True, frozen=True):
-    """Stamped from the worker's Tcl event loop; ``state`` is a :class:`tcletd.states` name."""
+    """Stamped from the worker's Tcl event loop (never from a thread), so a tclet that does not
+    return to its event loop stops stamping. ``state`` is a :class:`tcletd.states.TcletState`
+    name; ``commands`` is the tclet's ``info cmdcount``."""
 
     state: Short
-    commands: int = 0
+    commands: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
-WorkerMessage = Hello | Connect | Listen | Close | RequestPolicy | Heartbeat
+class LimitHit(msgspec.Struct, tag=True, frozen=True):
+    """The worker is about to exit because a limit enforced inside it was reached (the Tcl
+    command count): ``limit`` names it as the policy does (``commands``)."""
+
+    limit: Short
+    detail: Short = ""
+
+
+WorkerMessage = Hello | Connect | Listen | Close | RequestPolicy | Heartbeat | LimitHit
 
 # ---- host -> worker -------------------------------------------------------------------------
 
@@ -127,6 +137,14 @@ class PolicyGranted(msgspec.Struct, tag=True, frozen=True):
     hidden_options: list[str]
 
 
+class QuotaExceeded(msgspec.Struct, tag=True, frozen=True):
+    """The host shut the tclet's sockets down because of a quota; the worker reports ``message``
+    to the tclet as a background error (so it reaches its stderr)."""
+
+    quota: str
+    message: str
+
+
 class Stop(msgspec.Struct, tag=True, frozen=True):
     """The host ends the tclet; the worker exits with ``status`` after flushing its output."""
 
@@ -134,7 +152,7 @@ class Stop(msgspec.Struct, tag=True, frozen=True):
     status: int
 
 
-HostMessage = Granted | Listening | Accepted | Denied | PolicyGranted | Stop
+HostMessage = Granted | Listening | Accepted | Denied | PolicyGranted | QuotaExceeded | Stop
 
 WORKER_DECODER: msgspec.msgpack.Decoder[WorkerMessage] = msgspec.msgpack.Decoder(WorkerMessage)
 HOST_DECODER: msgspec.msgpack.Decoder[HostMessage] = msgspec.msgpack.Decoder(HostMessage)

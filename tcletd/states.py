@@ -1,0 +1,31 @@
+"""The vocabulary of a tclet's life, shared by host, worker and CLI (no logic, no imports).
+
+Both sides of the trust boundary import it; the host never trusts a state a worker reports
+beyond displaying it: limits are enforced from what the host measures itself.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class TcletState(str, enum.Enum):
+    """What a tclet is doing, as the host knows it."""
+
+    STARTING = "starting"  # launched, no hello yet
+    SCRIPT = "script"  # evaluating its script (heartbeats come only while it waits in vwait/update)
+    IDLE = "idle"  # its script returned; waiting in its event loop
+    BUSY = "busy"  # no heartbeat for a while: blocked in I/O or computing, not returning
+    ENDING = "ending"  # the host asked it to end
+    ENDED = "ended"
+
+
+# How long without a heartbeat before the host calls a tclet BUSY (heartbeats every 0.2 s).
+HEARTBEAT_INTERVAL = 0.2
+BUSY_AFTER = 1.0
+
+# Exit statuses the host gives a tclet it ended (the reason text is in the audit log and on
+# the CLI's stderr). A wall-clock limit follows coreutils timeout(1).
+EXIT_WALL_LIMIT = 124
+EXIT_KILLED = 137
+EXIT_TERMINATED = 143
