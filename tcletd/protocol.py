@@ -40,7 +40,13 @@ class WorkerSpec(msgspec.Struct, frozen=True):
     embed_args: dict[str, str]
     policy: str
     hidden_options: list[str]
+    # Limits the worker enforces on itself (0 = none): the descriptor rlimit (its socket quota
+    # plus what the runtime itself holds), the Tcl command count, and OS backstops for memory
+    # (bytes) and CPU (seconds) under the host's own measurements.
     nofile: int = 0
+    commands: int = 0
+    memory: int = 0
+    cpu: float = 0.0
 
 
 # ---- worker -> host -------------------------------------------------------------------------
