@@ -6,6 +6,10 @@ that makes their sockets, and the audit log. Use it as an async context manager:
 
     async with Host(audit="audit.jsonl") as host:
         result = await host.run_tclet("puts hello", script_name="hello.tcl")
+
+Each tclet runs under its policy's quotas and limits (``--limit`` style overrides per launch);
+the host as a whole holds at most ``max_workers`` tclets and ``max_sockets`` sockets. A watchdog
+task in the host's loop measures every tclet and ends it at a limit (:mod:`tcletd.host.watchdog`).
 """
 
 from __future__ import annotations
@@ -23,14 +27,20 @@ from tcletd import protocol as p
 from tcletd.host.audit import AuditLog
 from tcletd.host.broker import Broker
 from tcletd.host.hub import Hub
+from tcletd.host.quotas import HostFull, HostTotals, workers_message
 from tcletd.host.supervisor import Supervisor
 from tcletd.host.tclet import Services, Tclet, TcletResult
+from tcletd.host.watchdog import Watchdog
 from tcletd.policy import Origin, Policy, load_policy
 from tcletd.policyfile import MasterConfig, load_master
+from tcletd.states import EXIT_TERMINATED
 
-__all__ = ["Host", "TcletResult"]
+__all__ = ["Host", "HostFull", "Tclet", "TcletResult"]
 
 DEFAULT_POLICY = "home"
+# Host-wide totals; every tclet also has its own policy quotas (8 sockets under home).
+DEFAULT_MAX_WORKERS = 64
+DEFAULT_MAX_SOCKETS = 1024
 
 
 def _write_to(stream: str) -> Callable[[bytes], None]:
@@ -50,14 +60,18 @@ class Host:
         *,
         audit: str | Path | None = None,
         master: str | Path | None = None,
-        grace: float = 1.0,
+        grace: float = 0.5,
+        max_workers: int = DEFAULT_MAX_WORKERS,
+        max_sockets: int = DEFAULT_MAX_SOCKETS,
     ) -> None:
+        """``grace``: seconds between SIGTERM and SIGKILL when the host ends a worker."""
         self._audit_path = audit
         self._master_path = master
         self._grace = grace
+        self._totals = HostTotals(max_workers=max_workers, max_sockets=max_sockets)
         self._services: Services | None = None
+        self._watchdog: Watchdog | None = None
         self._run_dir: Path | None = None
-        self._tclets: dict[str, Tclet] = {}
 
     async def __aenter__(self) -> Host:
         self.start()
@@ -87,13 +101,20 @@ class Host:
             supervisor=supervisor,
             audit=AuditLog(self._audit_path),
             master=master,
+            totals=self._totals,
         )
+        self._watchdog = Watchdog(self._services.tclets)
+        self._watchdog.start(loop)
 
     async def close(self) -> None:
         """End every tclet still running and release the host's resources."""
         if self._services is None:
             return
-        await asyncio.gather(*(t.end("host closing") for t in list(self._tclets.values())))
+        tclets = list(self._services.tclets.values())
+        await asyncio.gather(*(t.end("host closing", EXIT_TERMINATED) for t in tclets))
+        await asyncio.gather(*(t.wait() for t in tclets))
+        if self._watchdog is not None:
+            await self._watchdog.stop()
         await self._services.supervisor.shutdown()
         self._services.hub.close()
         self._services.audit.close()
@@ -112,6 +133,7 @@ class Host:
         embed_args: Mapping[str, str] | None = None,
         on_stdout: Callable[[bytes], None] | None = None,
         on_stderr: Callable[[bytes], None] | None = None,
+        limits: Sequence[str] = (),
     ) -> TcletResult:
         """Run one tclet to its end; its output goes to the callbacks (default: our own)."""
         tclet = self.launch(
@@ -123,11 +145,16 @@ class Host:
             embed_args=embed_args,
             on_stdout=on_stdout,
             on_stderr=on_stderr,
+            limits=limits,
         )
-        try:
-            return await tclet.wait()
-        finally:
-            self._tclets.pop(tclet.id, None)
+        return await tclet.wait()
+
+    def status(self) -> list[dict[str, object]]:
+        """One dict per running tclet: id, pid, policy, state, sockets, bytes_sent,
+        bytes_received, cpu (seconds), rss (bytes), age (seconds since launch)."""
+        if self._services is None:
+            return []
+        return [t.status() for t in list(self._services.tclets.values())]
 
     def launch(
         self,
@@ -140,13 +167,22 @@ class Host:
         embed_args: Mapping[str, str] | None = None,
         on_stdout: Callable[[bytes], None] | None = None,
         on_stderr: Callable[[bytes], None] | None = None,
+        limits: Sequence[str] = (),
     ) -> Tclet:
-        """Start a tclet and return at once; ``await tclet.wait()`` for its result."""
+        """Start a tclet and return at once; ``await tclet.wait()`` for its result.
+
+        ``limits`` are ``NAME=VALUE`` overrides of the policy's quotas and limits (``cpu=5s``,
+        ``sockets=4``), applied also to a policy the tclet later asks for; a bad one raises
+        ConfigError naming the key. Past the host's worker total, raises :class:`HostFull`.
+        """
         if self._services is None:
             raise RuntimeError("Host is not started")
+        if self._totals.workers >= self._totals.max_workers:
+            raise HostFull(workers_message(self._totals.max_workers))
         fixed = policy is not None
         if not isinstance(policy, Policy):
             policy = load_policy(str(policy) if policy is not None else DEFAULT_POLICY)
+        policy = policy.with_overrides(*limits)
         tclet_id = secrets.token_hex(16)
         spec = p.WorkerSpec(
             tclet_id=tclet_id,
@@ -158,6 +194,12 @@ class Host:
             embed_args=dict(embed_args or {}),
             policy=policy.name,
             hidden_options=list(policy.hidden_options),
+            # What the worker enforces on itself: descriptors on top of the runtime's own (its
+            # socket quota), the Tcl command count, and OS backstops under the host's watchdog.
+            nofile=policy.quotas.sockets,
+            commands=policy.limits.commands,
+            memory=policy.limits.memory,
+            cpu=policy.limits.cpu,
         )
         tclet = Tclet(
             self._services,
@@ -167,7 +209,7 @@ class Host:
             policy_fixed=fixed,
             on_stdout=on_stdout or _write_to("stdout"),
             on_stderr=on_stderr or _write_to("stderr"),
+            overrides=limits,
         )
-        self._tclets[tclet_id] = tclet
         tclet.launch()
         return tclet

@@ -15,11 +15,15 @@ from tcletd.errors import EXIT_USAGE, TcletdError
 RUN_EPILOG = """\
 exit status:
   the tclet's own status (0, or the code it gave to exit); 1 on an uncaught Tcl error;
-  2 usage or unknown policy; 66 script missing or unreadable; 69 Tcl unavailable;
-  70 internal error; 128+N when the worker died by signal N.
+  2 usage, unknown policy or bad --limit; 66 script missing or unreadable; 69 Tcl unavailable;
+  70 internal error; 124 wall limit; 137 ended for another limit or quota (cpu, memory,
+  commands, output); 128+N ended because tcletd got signal N (143 SIGTERM) or the worker
+  died by signal N. When the host ended the tclet, stderr says why:
+  "tcletd: tclet ended: cpu limit 10 s". SIGUSR1 prints a status line on stderr.
 
 examples:
   tcletd run examples/hello.tcl
+  tcletd run --limit cpu=2s --limit sockets=2 --limit bytes_sent=1MiB examples/hello.tcl
   tcletd run --policy trusted examples/echo_client.tcl -- 127.0.0.1 7777
   echo 'puts hi' | tcletd run -
 """
@@ -52,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=VALUE",
         help="an embed argument, seen by the tclet in embed_args (repeatable)",
+    )
+    run.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a quota or limit of the policy: sockets=4, connects_per_second=2, "
+        "bytes_sent=1MiB, bytes_received=1MiB, send_rate=64KiB/s, output_bytes=512KiB, "
+        "cpu=5s, memory=128MiB, wall=30s, commands=1000000 (repeatable)",
     )
     run.add_argument("--audit", default=None, metavar="FILE", help="append audit records here")
     run.add_argument("script", help="the tclet's script, or - for standard input")

@@ -82,6 +82,19 @@ def parse_duration(value: object) -> float:
     return _number(value, _TIME_UNITS, "a duration like 10s, 1.5m or 250ms")
 
 
+def format_size(n: float) -> str:
+    """Bytes for people, binary units, the inverse of :func:`parse_size`: ``64 MiB``, ``100 B``."""
+    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= factor:
+            return f"{n / factor:.4g} {unit}"
+    return f"{n:.4g} B"
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds for people, the inverse of :func:`parse_duration`: ``10 s``, ``0.25 s``."""
+    return f"{seconds:.4g} s"
+
+
 def _count(value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value

@@ -1,7 +1,9 @@
 """``tcletd run``, ``tcletd version`` and ``tcletd doctor``: the CLI's host-side commands.
 
 Host side of the trust boundary. Turns command-line arguments into one embedded :class:`Host`
-running one tclet, and maps the outcome to the process's exit status.
+running one tclet, and maps the outcome to the process's exit status. Signals only enqueue; one
+task in the loop takes them in order: SIGINT/SIGTERM end the tclet (status 128+N), SIGUSR1
+prints a status line on stderr.
 """
 
 from __future__ import annotations
@@ -10,10 +12,15 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tcletd import __version__
 from tcletd.errors import EXIT_CONFIG, ConfigError, ScriptNotFound, TcletdError
+
+if TYPE_CHECKING:
+    from tcletd.host.tclet import Tclet
 
 
 def _read_script(name: str) -> tuple[str, str]:
@@ -39,9 +46,45 @@ def _embed_args(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _check_limits(policy: str | None, limits: list[str]) -> None:
+    """Fail fast (exit 2, naming the key) on a bad ``--limit``, before any process starts."""
+    if limits:
+        from tcletd.api import DEFAULT_POLICY
+        from tcletd.policy import load_policy
+
+        load_policy(policy or DEFAULT_POLICY).with_overrides(*limits)
+
+
+def status_line(entry: dict[str, object]) -> str:
+    """One tclet's status for people (SIGUSR1)."""
+    from tcletd.policyfile import format_size
+
+    def size(key: str) -> str:
+        value = entry[key]
+        return format_size(value) if isinstance(value, int) else "?"
+
+    return (
+        f"tcletd: tclet {str(entry['id'])[:8]} pid {entry['pid']} policy {entry['policy']}"
+        f" state {entry['state']} sockets {entry['sockets']} sent {size('bytes_sent')}"
+        f" received {size('bytes_received')} cpu {entry['cpu']} s rss {size('rss')}"
+        f" age {entry['age']} s"
+    )
+
+
+async def _take_signals(queue: asyncio.Queue[int], tclet: Tclet, show: Callable[[], None]) -> None:
+    """The loop's side of the signal handlers: act on each signal in order."""
+    while True:
+        signum = await queue.get()
+        if signum == signal.SIGUSR1:
+            show()
+        else:
+            await tclet.end(f"tcletd got {signal.Signals(signum).name}", 128 + signum)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run one tclet; the exit status is the tclet's."""
+    """Run one tclet; the exit status is the tclet's, or the host's status for how it ended it."""
     script, script_name = _read_script(args.script)
+    _check_limits(args.policy, args.limit)
     from tcletd.host import forkserver
 
     # First, so that the fork server's own start-up overlaps the host's imports below.
@@ -62,20 +105,25 @@ def run(args: argparse.Namespace) -> int:
                 origin=origin,
                 argv=args.args,
                 embed_args=embed,
+                limits=args.limit,
             )
             loop = asyncio.get_running_loop()
+            signals: asyncio.Queue[int] = asyncio.Queue()
 
-            ending: set[asyncio.Task[None]] = set()
+            def show() -> None:
+                for entry in host.status():
+                    print(status_line(entry), file=sys.stderr, flush=True)
 
-            # Signal handlers only enqueue: the loop ends the tclet in order.
-            def on_signal(signum: int) -> None:
-                task = loop.create_task(tclet.end(f"host got signal {signum}", 128 + signum))
-                ending.add(task)
-                task.add_done_callback(ending.discard)
-
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, on_signal, signum)
-            result = await tclet.wait()
+            # Signal handlers only enqueue; _take_signals acts on them in the loop, in order.
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+                loop.add_signal_handler(signum, signals.put_nowait, signum)
+            taker = loop.create_task(_take_signals(signals, tclet, show))
+            try:
+                result = await tclet.wait()
+            finally:
+                taker.cancel()
+            if result.by_host:
+                print(f"tcletd: tclet ended: {result.reason}", file=sys.stderr, flush=True)
             return result.status
 
     return asyncio.run(main())
@@ -106,7 +154,20 @@ def doctor(*, verbose: bool) -> int:
             print(f"channels: native Tcl sockets through the C API of {detail}")
         else:
             print(f"channels: reflected-channel fallback ({detail}); half-close unavailable")
+        print(f"send_rate: {_pacing_support()}")
     return 0
+
+
+def _pacing_support() -> str:
+    """Whether the kernel takes SO_MAX_PACING_RATE (the send_rate quota) on a TCP socket."""
+    import socket
+
+    from tcletd.host.quotas import set_pacing
+
+    with socket.socket() as sock:
+        if set_pacing(sock, 2**20):
+            return "kernel pacing (SO_MAX_PACING_RATE) available"
+        return "SO_MAX_PACING_RATE unavailable: send rates are not limited"
 
 
 __all__ = ["EXIT_CONFIG", "TcletdError", "doctor", "run"]

@@ -40,6 +40,8 @@ class LocalBroker:
         self.policies = {"home": ["-peername"], "trusted": [], "strict": ["-peername", "-sockname"]}
         self.listeners: dict[int, socket.socket] = {}
         self.runtime: TclRuntime | None = None
+        self.beats: list[tuple[str, int, float]] = []  # (state, commands, monotonic time)
+        self.limits: list[tuple[str, str]] = []
         self._next = 100
 
     def _id(self, fd: int = -1) -> int:
@@ -118,6 +120,12 @@ class LocalBroker:
         if name not in self.policies:
             raise RequestError(f'permission denied: policy "{name}" not allowed for this origin')
         return self.policies[name]
+
+    def heartbeat(self, state: str, commands: int) -> None:
+        self.beats.append((state, commands, time.monotonic()))
+
+    def limit_hit(self, limit: str, detail: str) -> None:
+        self.limits.append((limit, detail))
 
     def shutdown(self) -> None:
         for dup in self.duplicates.values():
@@ -884,3 +892,154 @@ def test_reflected_fallback_echo(echo_port: int, capfd: pytest.CaptureFixture[st
     assert "event 8\n" in out
     assert "peer 1 sock 127.0.0.1\n" in out
     assert broker.closed == broker.granted
+
+
+# ---- command budget and heartbeats --------------------------------------------------------------
+
+
+def test_commands_limit_ends_the_tclet_through_catch(capfd: pytest.CaptureFixture[str]) -> None:
+    status, _, broker = run_tclet(
+        "puts start\ncatch {while 1 {incr i}}\nputs survived", commands=50_000
+    )
+    assert status == 137
+    assert broker.limits == [("commands", "commands limit 50000")]
+    assert capfd.readouterr().out == "start\n"
+
+
+def test_commands_limit_in_an_event_handler(capfd: pytest.CaptureFixture[str]) -> None:
+    status, _, broker = run_tclet(
+        "after 10 {catch {while 1 {incr i}}; puts survived}\nputs waiting", commands=50_000
+    )
+    assert status == 137
+    assert broker.limits == [("commands", "commands limit 50000")]
+    assert capfd.readouterr().out == "waiting\n"
+
+
+def test_children_share_the_budget(capfd: pytest.CaptureFixture[str]) -> None:
+    """Tcl would give a child of a limited interp a limit of 0; the runtime gives it the rest."""
+    status, _, broker = run_tclet(
+        """
+        interp create c
+        puts "child runs [c eval {set x 1}]"
+        c eval {interp create g}
+        puts "grandchild runs [c eval {g eval {expr {6 * 7}}}]"
+        puts "interp limit [catch {interp limit c commands -value {}} m] $m"
+        puts "child limit [catch {c limit commands -value {}} m] $m"
+        puts "child command still works [c eval {set x}]"
+        c eval {catch {g eval {while 1 {incr i}}}}
+        puts survived
+        """,
+        commands=200_000,
+    )
+    out = capfd.readouterr().out
+    assert status == 137, out
+    assert broker.limits == [("commands", "commands limit 200000")]
+    denied = "1 permission denied: a tclet cannot read or change interpreter limits"
+    assert out == (
+        "child runs 1\ngrandchild runs 42\n"
+        f"interp limit {denied}\nchild limit {denied}\n"
+        "child command still works 1\n"
+    )
+
+
+def test_deleted_children_stay_counted(capfd: pytest.CaptureFixture[str]) -> None:
+    status, _, broker = run_tclet(
+        """
+        for {set n 0} {$n < 1000} {incr n} {
+            interp create c
+            c eval {for {set i 0} {$i < 2000} {incr i} {}}
+            interp delete c
+        }
+        puts "ran $n"
+        """,
+        commands=100_000,
+    )
+    assert status == 137
+    assert broker.limits
+    assert "ran" not in capfd.readouterr().out
+
+
+def test_tclet_cannot_fake_its_count(capfd: pytest.CaptureFixture[str]) -> None:
+    status, _, broker = run_tclet(
+        """
+        set real [info cmdcount]
+        proc ::tcl::info::cmdcount {} {return 0}
+        rename ::info ::real_info
+        proc ::info {args} {return 0}
+        puts "counts [expr {$real > 0}]"
+        catch {while 1 {incr i}}
+        """,
+        commands=50_000,
+    )
+    assert status == 137
+    assert broker.limits
+    assert capfd.readouterr().out == "counts 1\n"
+
+
+def test_no_budget_means_no_limit_and_info_cmdcount_works(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    status, _, broker = run_tclet(
+        """
+        set a [info cmdcount]
+        for {set i 0} {$i < 100000} {incr i} {}
+        interp create c
+        puts "[expr {[info cmdcount] - $a > 100000}] [c eval {expr {[info cmdcount] > 0}}]"
+        puts [catch {info cmdcount x} m]:$m
+        """,
+        commands=10**10,  # beyond what Tcl can count: counted, not enforced
+    )
+    assert status == 0
+    assert broker.limits == []
+    assert capfd.readouterr().out == '1 1\n1:wrong # args: should be "info cmdcount"\n'
+
+
+def test_heartbeat_states_and_counts() -> None:
+    broker = LocalBroker()
+    status, _, _ = run_tclet(
+        "after 500 {set go 1}\nvwait go\nfor {set i 0} {$i < 1000} {incr i} {}\n"
+        "after 500 {set done 1}",
+        broker,
+    )
+    assert status == 0
+    states = [s for s, _, _ in broker.beats]
+    assert states[0] == "script" and states[-1] == "idle", states
+    assert states == ["script"] * states.count("script") + ["idle"] * states.count("idle")
+    assert 2 <= states.count("script") <= 3 and 2 <= states.count("idle") <= 3, states
+    script_count = max(c for s, c, _ in broker.beats if s == "script")
+    idle_count = min(c for s, c, _ in broker.beats if s == "idle")
+    assert idle_count > script_count + 1000  # the loop between the two phases is counted
+
+
+def test_heartbeat_cost(capfd: pytest.CaptureFixture[str]) -> None:
+    """One beat's master-side work (books + Python call), for a tclet with no children."""
+    broker = LocalBroker()
+    rt = TclRuntime(make_spec(""), broker)
+    broker.runtime = rt
+    rt.tk.call("::tcletd::Budget", rt.slave, "1000000")
+    n = 2000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        rt.tk.call("::tcletd::Tighten")
+        rt._py_beat("1")
+    per = (time.perf_counter() - t0) / n
+    print(f"heartbeat work: {per * 1e6:.1f} us")
+    assert per < 200e-6
+
+
+def test_a_child_reusing_a_deleted_childs_name_is_limited(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    status, _, broker = run_tclet(
+        """
+        interp create c
+        interp delete c
+        interp create c
+        c eval {catch {while 1 {incr i}}}
+        puts survived
+        """,
+        commands=50_000,
+    )
+    assert status == 137
+    assert broker.limits
+    assert "survived" not in capfd.readouterr().out

@@ -1,16 +1,24 @@
-"""The audit log: one JSON line per decision, lifecycle event and limit event.
+"""The audit log: one JSON line per decision, lifecycle event, quota and limit event.
 
 Host side of the trust boundary. Records are written by the host only; nothing a tclet says is
 written unescaped (JSON encoding does that) or unbounded (request words are capped by the wire).
+:class:`TcletRecords` writes one tclet's records, each with the fields every record carries; the
+fields of each event are documented in ``docs/audit.md``.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
+
+if TYPE_CHECKING:
+    from tcletd.host.quotas import QuotaRefused
+    from tcletd.host.watchdog import Breach
+    from tcletd.policy import Decision
 
 
 class AuditLog:
@@ -37,3 +45,56 @@ class AuditLog:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+class TcletRecords:
+    """One tclet's records: ``records(event, **fields)`` plus the events with a shape."""
+
+    def __init__(self, log: AuditLog, tclet_id: str, origin: str, policy: Callable[[], str]):
+        self._log = log
+        self._tclet = tclet_id
+        self._origin = origin
+        self._policy = policy  # the policy in force when the record is written
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        self._log.record(
+            event, tclet=self._tclet, origin=self._origin, policy=self._policy(), **fields
+        )
+
+    def decision(self, action: str, host: str, port: str, d: Decision | None, why: str) -> None:
+        if not self._log.enabled:
+            return
+        self(
+            "decision",
+            action=action,
+            host=host,
+            port=port,
+            canonical_host=d.canonical_host if d else None,
+            addresses=[str(a) for a in d.checked] if d else [],
+            decision="allowed" if d and d.allowed else "denied",
+            rules=list(d.rules) if d else [],
+            reason=why,
+        )
+
+    def refused(self, exc: QuotaRefused, request: str, host: str, port: str) -> None:
+        """A request refused by a quota (no decision was taken for it)."""
+        self(
+            "quota",
+            quota=exc.quota,
+            limit=exc.limit,
+            value=exc.value,
+            action="refused",
+            request=request,
+            host=host,
+            port=port,
+        )
+
+    def breach(self, found: Breach) -> None:
+        self(
+            "limit",
+            limit=found.limit,
+            maximum=found.maximum,
+            value=round(found.value, 3),
+            reason=found.reason,
+            source=found.source,
+        )

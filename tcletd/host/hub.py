@@ -9,6 +9,14 @@ token, and only if it decodes as a worker message; anything else ends the worker
 The ROUTER is a plain (blocking-API) pyzmq socket driven from asyncio with ``add_reader`` on
 ``zmq.FD``: cheaper per message than zmq.asyncio (perf-baseline.md §2 and pitfall 7). The FD is
 edge-triggered, so every wake-up drains until ``zmq.Again`` and every send re-checks ``EVENTS``.
+
+Fairness: a worker that floods the host cannot slow the others. The ROUTER fair-queues its
+inbound pipes (libzmq reads one message from each peer with something pending, in turn), so a
+drain reads the workers round robin; it stops after ``BATCH`` frames per registered worker and
+reschedules itself with ``call_soon``, so the rest of the loop (output, accepts, the watchdog)
+runs in between. What a flooding worker sends beyond its share waits in its own pipe, bounded by
+the receive high-water mark, and pushes back on that worker alone. Every frame costs bounded work
+(``MAXMSGSIZE``, one request in flight per worker, decoded into a typed message or refused).
 """
 
 from __future__ import annotations

@@ -1,9 +1,16 @@
 """One tclet as the host sees it: its policy, its origin, its sockets, its worker and its output.
 
 Host side of the trust boundary. A Tclet answers its worker's requests (one at a time: the worker
-is synchronous, so a second request in flight is a protocol violation), hands granted sockets
-over, accepts on the tclet's server sockets and checks each peer, streams the worker's output to
-the embedder, and cleans every host-side resource up when the worker ends.
+is synchronous, so a second request in flight is a protocol violation), checks its quotas before
+its policy, hands granted sockets over, accepts on the tclet's server sockets and checks each
+peer, streams the worker's output to the embedder, knows its liveness state from heartbeats, ends
+it at a limit, and cleans every host-side resource up when the worker ends.
+
+Fairness: a tclet cannot make the host work for it without bound. Requests: one in flight per
+worker. Output: one chunk of at most ``READ_CHUNK`` bytes is read per readiness event and handed
+to the sink at once; the host keeps no output queue, so a worker that writes faster than the sink
+takes fills its socketpair and its own blocking stdout pushes back on it alone. Watchdog looks:
+bounded by the tclet's socket quota (:mod:`tcletd.host.watchdog`).
 """
 
 from __future__ import annotations
@@ -11,29 +18,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 
 from tcletd import protocol as p
 from tcletd.errors import ProtocolViolation, RequestError
-from tcletd.host.audit import AuditLog
+from tcletd.host.audit import AuditLog, TcletRecords
 from tcletd.host.broker import Audit, Broker, FdChannel, shut
 from tcletd.host.hub import Hub, Peer
+from tcletd.host.quotas import HostTotals, QuotaRefused, TcletQuotas, output_reason
 from tcletd.host.supervisor import Supervisor, WorkerProcess
-from tcletd.policy import Decision, Origin, Policy, load_policy
+from tcletd.host.watchdog import Meter, breach, breach_from_death, check_limits
+from tcletd.policy import Origin, Policy, load_policy
 from tcletd.policyfile import MasterConfig
+from tcletd.states import BUSY_AFTER, EXIT_KILLED, EXIT_TERMINATED, TcletState
 
 OutputSink = Callable[[bytes], None]
 READ_CHUNK = 65536
+STDERR_TAIL = 256
 
 
 @dataclass(frozen=True)
 class TcletResult:
-    """How a tclet ended: its exit status and why."""
+    """How a tclet ended: its exit status, why, and whether the host ended it."""
 
     status: int
     reason: str
+    # Not part of equality: a result reads as (status, reason); this says who decided it.
+    by_host: bool = field(default=False, compare=False)
 
 
 @dataclass
@@ -46,6 +60,9 @@ class Services:
     supervisor: Supervisor
     audit: AuditLog
     master: MasterConfig
+    totals: HostTotals
+    # Running tclets by id: the watchdog looks at these; a tclet leaves when it is released.
+    tclets: dict[str, Tclet] = field(default_factory=dict)
 
 
 class Tclet:
@@ -61,6 +78,7 @@ class Tclet:
         policy_fixed: bool,
         on_stdout: OutputSink,
         on_stderr: OutputSink,
+        overrides: Sequence[str] = (),
     ) -> None:
         self.s = services
         self.id = spec.tclet_id
@@ -71,61 +89,121 @@ class Tclet:
         self._on_out = {"stdout": on_stdout, "stderr": on_stderr}
         self.sockets: dict[int, socket.socket] = {}
         self.listeners: dict[int, list[socket.socket]] = {}
+        self._audit = TcletRecords(services.audit, self.id, origin.url, lambda: self.policy.name)
+        self._overrides = tuple(overrides)
+        self.quotas = TcletQuotas(policy.quotas, services.totals)
+        self.state = TcletState.STARTING
+        self.launched_at = time.monotonic()
+        self._last_beat = self.launched_at
+        self._commands = 0  # the worker's last reported ``info cmdcount`` (display only)
+        self._stderr_tail = b""  # the last words of a worker that died (see breach_from_death)
         self._next_sock = 1
         self._busy = False
-        self._reason = ""
+        # (reason, status) once the host has decided to end the tclet; the first decision wins.
+        self._ended: tuple[str, int] | None = None
         self._eof: dict[str, asyncio.Future[None]] = {}
         self.worker: WorkerProcess | None = None
+        self._meter: Meter | None = None
         self._fds: FdChannel | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._finished: asyncio.Task[TcletResult] | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
     def launch(self) -> None:
         self.s.hub.register(Peer(self.id, self.spec.token, self._on_message, self.violation))
         self.worker = self.s.supervisor.launch(self.spec, self.s.loop)
+        # The wall clock runs from the worker's start (the first launch waits for the fork server).
+        self.launched_at = self._last_beat = time.monotonic()
+        self.s.totals.workers += 1
+        self.s.tclets[self.id] = self
+        self._meter = Meter(self.worker.pid)
         self._fds = FdChannel(self.worker.fdsock)
         for name, sock in (("stdout", self.worker.stdout), ("stderr", self.worker.stderr)):
             self._eof[name] = self.s.loop.create_future()
             self.s.loop.add_reader(sock.fileno(), self._read_output, name, sock)
         self._audit("launch", pid=self.worker.pid, script=self.spec.script_name)
+        self._finished = self.s.loop.create_task(self._finish(), name=f"tclet-{self.id[:8]}")
 
     async def wait(self) -> TcletResult:
+        """The tclet's result, once its worker has ended and the host has released it."""
+        assert self._finished is not None
+        return await asyncio.shield(self._finished)
+
+    async def _finish(self) -> TcletResult:
         """Wait for the worker to end and its output to drain, then release everything."""
-        assert self.worker is not None
+        assert self.worker is not None and self._meter is not None
         status = await self.worker.exited
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*self._eof.values()), 2.0)
         self.release()
-        reason = self._reason or ("exit" if status < 128 else f"signal {status - 128}")
+        if self._ended is None:
+            found = breach_from_death(
+                self.policy.limits, status, self._meter.usage, self._stderr_tail
+            )
+            if found is not None:
+                self._audit.breach(found)
+                self._ended = (found.reason, found.status)
+        if self._ended is not None:
+            reason, status = self._ended
+        else:
+            reason = "exit" if status < 128 else f"signal {status - 128}"
+        self._set_state(TcletState.ENDED)
         self._audit("exit", status=status, reason=reason)
-        return TcletResult(status, reason)
+        return TcletResult(status, reason, by_host=self._ended is not None)
 
-    async def end(self, reason: str, status: int = 143) -> None:
-        """The host ends the tclet: ask, then TERM, then KILL."""
+    async def end(self, reason: str, status: int = EXIT_TERMINATED) -> None:
+        """The host ends the tclet: ask, then TERM, then KILL after the grace."""
         if self.worker is None or self.worker.exited.done():
             return
-        self._reason = self._reason or reason
-        self.s.hub.send(self.id, p.Stop(reason=reason, status=status))
-        self._audit("kill", reason=reason)
+        self._decide_end(reason, status)
         await self.s.supervisor.end(self.worker)
+
+    def _end_soon(self, reason: str, status: int, *, after: float = 0.0) -> None:
+        """End the tclet from a callback: decide now, stop the worker in a task."""
+        if self.worker is None or self.worker.exited.done() or not self._decide_end(reason, status):
+            return
+        self._spawn(self._stop_worker(after))
+
+    async def _stop_worker(self, after: float) -> None:
+        assert self.worker is not None
+        if after:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.worker.exited), after)
+        await self.s.supervisor.end(self.worker)
+
+    def _decide_end(self, reason: str, status: int) -> bool:
+        """Record why and with which status the host ends the tclet; False if it already is."""
+        if self._ended is not None:
+            return False
+        self._ended = (reason, status)
+        self._set_state(TcletState.ENDING)
+        self.s.hub.send(self.id, p.Stop(reason=reason, status=status))
+        self._audit("kill", reason=reason, status=status)
+        return True
 
     def violation(self, why: str) -> None:
         """A worker broke the protocol: end it at once; the host goes on."""
-        self._reason = f"protocol violation: {why}"
+        if self._ended is None:
+            self._ended = (f"protocol violation: {why}", EXIT_KILLED)
+            self._set_state(TcletState.ENDING)
         self._audit("violation", detail=why)
         if self.worker is not None:
             self.worker.signal(9)
 
     def release(self) -> None:
+        if self.s.tclets.pop(self.id, None) is not None:
+            self.s.totals.workers -= 1
         self.s.hub.unregister(self.id)
-        for sock in self.sockets.values():
+        for sock_id, sock in self.sockets.items():
+            self.quotas.untrack(sock_id)
             shut(sock)
         self.sockets.clear()
         for socks in self.listeners.values():
             for sock in socks:
                 self._stop_accepting(sock)
         self.listeners.clear()
+        self.quotas.free_all()
         for task in self._tasks:
             task.cancel()
         if self.worker is not None:
@@ -133,6 +211,69 @@ class Tclet:
                 with contextlib.suppress(ValueError, OSError):
                     self.s.loop.remove_reader(sock.fileno())
             self.s.supervisor.forget(self.worker)
+
+    def _spawn(self, coro: Coroutine[None, None, None]) -> None:
+        task = self.s.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- watchdog -----------------------------------------------------------------------------
+
+    def check(self, now: float) -> None:
+        """One watchdog look: count bytes, byte quotas, measure, limits, liveness."""
+        if self._meter is None or self._ended is not None:
+            return
+        self.quotas.poll()
+        self._enforce_byte_quotas()
+        usage = self._meter.measure()
+        found = check_limits(self.policy.limits, usage, now - self.launched_at)
+        if found is not None:
+            self._audit.breach(found)
+            self._end_soon(found.reason, found.status)
+            return
+        self._update_liveness(now)
+
+    def _enforce_byte_quotas(self) -> None:
+        over = self.quotas.over_bytes()
+        if over is None:
+            return
+        quota, limit, value = over
+        self._audit("quota", quota=quota, limit=limit, value=value, action="sockets shut down")
+        self.quotas.shut_down()
+        # Listening sockets live in the host: stop accepting; the slot stays until the close.
+        for sock_id, socks in self.listeners.items():
+            for sock in socks:
+                self._stop_accepting(sock)
+            self.listeners[sock_id] = []
+        self.s.hub.send(self.id, p.QuotaExceeded(quota=quota, message=self.quotas.revoked))
+
+    def _update_liveness(self, now: float) -> None:
+        live = self.state in (TcletState.SCRIPT, TcletState.IDLE)
+        if live and now - self._last_beat > BUSY_AFTER:
+            self._set_state(TcletState.BUSY)
+
+    def _set_state(self, state: TcletState) -> None:
+        if state is not self.state:
+            previous, self.state = self.state, state
+            self._audit("state", state=state.value, previous=previous.value)
+
+    def status(self) -> dict[str, object]:
+        """What an operator sees of the tclet (``Host.status()``, SIGUSR1 of ``tcletd run``)."""
+        usage = self._meter.measure() if self._meter is not None else None
+        if self._ended is None:
+            self.quotas.poll()
+        return {
+            "id": self.id,
+            "pid": self.worker.pid if self.worker is not None else None,
+            "policy": self.policy.name,
+            "state": self.state.value,
+            "sockets": self.quotas.open,
+            "bytes_sent": self.quotas.bytes_sent,
+            "bytes_received": self.quotas.bytes_received,
+            "cpu": round(usage.cpu, 3) if usage is not None else 0.0,
+            "rss": usage.rss if usage is not None else 0,
+            "age": round(time.monotonic() - self.launched_at, 3),
+        }
 
     # ---- output -------------------------------------------------------------------------------
 
@@ -148,15 +289,31 @@ class Tclet:
             if not self._eof[name].done():
                 self._eof[name].set_result(None)
             return
-        self._on_out[name](data)
+        if name == "stderr":
+            self._stderr_tail = (self._stderr_tail + data)[-STDERR_TAIL:]
+        fits = self.quotas.add_output(len(data))
+        if fits:
+            self._on_out[name](data[:fits] if fits < len(data) else data)
+        if self.quotas.over_output and self._ended is None:
+            limit = self.quotas.quotas.output_bytes
+            self._audit(
+                "quota", quota="output_bytes", limit=limit, value=self.quotas.output, action="ended"
+            )
+            self._end_soon(output_reason(limit), EXIT_KILLED)
 
     # ---- requests -----------------------------------------------------------------------------
 
     def _on_message(self, msg: p.WorkerMessage) -> None:
         if isinstance(msg, p.Close):
             self._close(msg.sock)
-        elif isinstance(msg, p.Heartbeat | p.Hello):
-            return
+        elif isinstance(msg, p.Heartbeat):
+            self._heartbeat(msg)
+        elif isinstance(msg, p.Hello):
+            self._last_beat = time.monotonic()
+            if self._ended is None:
+                self._set_state(TcletState.SCRIPT)
+        elif isinstance(msg, p.LimitHit):
+            self._limit_hit(msg)
         else:
             if self._busy:
                 self.violation("a second request while one is in flight")
@@ -165,6 +322,29 @@ class Tclet:
             task = self.s.loop.create_task(self._answer(msg))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _heartbeat(self, msg: p.Heartbeat) -> None:
+        if msg.state not in (TcletState.SCRIPT.value, TcletState.IDLE.value):
+            self.violation(f"heartbeat with state {msg.state[:40]!r}")
+            return
+        self._last_beat = time.monotonic()
+        self._commands = msg.commands
+        if self._ended is None:
+            self._set_state(TcletState(msg.state))
+
+    def _limit_hit(self, msg: p.LimitHit) -> None:
+        """The worker reached a limit it enforces itself and is exiting; make sure it does."""
+        maxima = {"commands": self.spec.commands, "memory": self.spec.memory, "cpu": self.spec.cpu}
+        maximum = maxima.get(msg.limit)
+        if not maximum:
+            self.violation(f"limit hit for a limit it was not given: {msg.limit[:40]!r}")
+            return
+        # The host cannot see inside the interpreter: the value is what the worker reports.
+        value = max(self._commands, maximum) if msg.limit == "commands" else maximum
+        found = breach(msg.limit, maximum, value, "worker")
+        if self._ended is None:
+            self._audit.breach(found)
+        self._end_soon(found.reason, found.status, after=self.s.supervisor.grace)
 
     async def _answer(self, msg: p.Connect | p.Listen | p.RequestPolicy) -> None:
         try:
@@ -182,19 +362,49 @@ class Tclet:
     async def _handle(self, msg: p.Connect | p.Listen | p.RequestPolicy) -> p.HostMessage | None:
         """The reply to send; None when it already left with a descriptor."""
         if isinstance(msg, p.Connect):
-            sock = await self.s.broker.connect(msg, self.policy, self.origin, self._decided(msg))
+            self._admit(msg)
+            try:
+                sock = await self.s.broker.connect(
+                    msg, self.policy, self.origin, self._decided(msg)
+                )
+                self.quotas.check_revoked()  # a byte quota may have been hit meanwhile
+            except BaseException:
+                self.quotas.free_slot()
+                raise
             self._hand_over(sock, lambda sock_id: p.Granted(req=msg.req, sock=sock_id))
             return None
         if isinstance(msg, p.Listen):
-            socks, sockname = await self.s.broker.listen(
-                msg, self.policy, self.origin, self._decided(msg)
-            )
+            self._admit(msg)
+            try:
+                socks, sockname = await self.s.broker.listen(
+                    msg, self.policy, self.origin, self._decided(msg)
+                )
+            except BaseException:
+                self.quotas.free_slot()
+                raise
             sock_id = self._new_id()
             self.listeners[sock_id] = socks
             for sock in socks:
                 self.s.loop.add_reader(sock.fileno(), self._accept, sock_id, sock)
             return p.Listening(req=msg.req, sock=sock_id, sockname=sockname)
         return self._request_policy(msg)
+
+    def _admit(self, msg: p.Connect | p.Listen) -> None:
+        """Quotas before the policy: a refused request costs no lookup and changes nothing."""
+        try:
+            self.quotas.check_revoked()
+            self.quotas.take_slot()
+            if isinstance(msg, p.Connect):
+                try:
+                    self.quotas.admit_connect(time.monotonic())
+                except QuotaRefused:
+                    self.quotas.free_slot()
+                    raise
+        except QuotaRefused as exc:
+            action = "connect" if isinstance(msg, p.Connect) else "listen"
+            host = msg.host if isinstance(msg, p.Connect) else msg.myaddr
+            self._audit.refused(exc, action, host, msg.port)
+            raise
 
     def _request_policy(self, msg: p.RequestPolicy) -> p.HostMessage:
         name = msg.name
@@ -207,8 +417,9 @@ class Tclet:
         if not self.s.master.allows(name, self.origin):
             self._audit("policy", requested=name, decision="refused", why="master config")
             raise RequestError(f'permission denied: policy "{name}" not allowed for this origin')
-        policy = load_policy(name)
+        policy = load_policy(name).with_overrides(*self._overrides)
         self.policy, self.policy_fixed = policy, True
+        self.quotas.quotas = policy.quotas
         self._audit("policy", requested=name, decision="granted")
         return p.PolicyGranted(msg.req, name, list(policy.hidden_options))
 
@@ -223,21 +434,30 @@ class Tclet:
         """Give the worker ``sock`` with the message naming it; the host keeps a duplicate."""
         assert self._fds is not None
         sock_id = self._new_id()
+        self.quotas.track(sock_id, sock)  # meter and pace before the worker has it
         try:
             self._fds.hand_over(message(sock_id), sock)
         except OSError as exc:
+            self.quotas.untrack(sock_id)
             shut(sock)
             raise ProtocolViolation(f"not taking its descriptors ({exc})") from None
         self.sockets[sock_id] = sock
         return sock_id
 
     def _close(self, sock_id: int) -> None:
+        """The tclet closed a socket: count its last bytes and free its slot at once."""
         sock = self.sockets.pop(sock_id, None)
         if sock is not None:
+            self.quotas.untrack(sock_id)
             shut(sock)
+            self.quotas.free_slot()
             return
-        for listener in self.listeners.pop(sock_id, []):
+        listeners = self.listeners.pop(sock_id, None)
+        if listeners is None:
+            return  # not one of its sockets (or closed already): frees nothing
+        for listener in listeners:
             self._stop_accepting(listener)
+        self.quotas.free_slot()
 
     def _stop_accepting(self, sock: socket.socket) -> None:
         with contextlib.suppress(ValueError, OSError):
@@ -247,8 +467,15 @@ class Tclet:
     def _accept(self, listener_id: int, listener: socket.socket) -> None:
         for conn, addr, port in self.s.broker.accept_all(listener):
             decision = self.s.broker.check_peer(self.policy, self.origin, addr, port)
-            self._audit_decision("accept", addr, str(port), decision, decision.reason)
+            self._audit.decision("accept", addr, str(port), decision, decision.reason)
             if not decision.allowed:
+                shut(conn)
+                continue
+            try:
+                self.quotas.check_revoked()
+                self.quotas.take_slot()
+            except QuotaRefused as exc:
+                self._audit.refused(exc, "accept", addr, str(port))
                 shut(conn)
                 continue
             try:
@@ -264,26 +491,4 @@ class Tclet:
     def _decided(self, msg: p.Connect | p.Listen) -> Audit:
         action = "connect" if isinstance(msg, p.Connect) else "listen"
         host = msg.host if isinstance(msg, p.Connect) else msg.myaddr
-        return lambda d, why: self._audit_decision(action, host, msg.port, d, why)
-
-    def _audit_decision(
-        self, action: str, host: str, port: str, d: Decision | None, why: str
-    ) -> None:
-        if not self.s.audit.enabled:
-            return
-        self._audit(
-            "decision",
-            action=action,
-            host=host,
-            port=port,
-            canonical_host=d.canonical_host if d else None,
-            addresses=[str(a) for a in d.checked] if d else [],
-            decision="allowed" if d and d.allowed else "denied",
-            rules=list(d.rules) if d else [],
-            reason=why,
-        )
-
-    def _audit(self, event: str, **fields: object) -> None:
-        self.s.audit.record(
-            event, tclet=self.id, origin=self.origin.url, policy=self.policy.name, **fields
-        )
+        return lambda d, why: self._audit.decision(action, host, msg.port, d, why)

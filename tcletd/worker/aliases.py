@@ -9,7 +9,10 @@ Aliases installed in the tclet (``<slave>`` is its path in the master):
 - ``fconfigure`` → ``::tcletd::FconfigureAlias <slave>`` (``chan configure`` calls it too)
 - ``policy`` → ``::tcletd::call policy ::tcletd::py::policy``
 - ``exit`` → ``::tcletd::ExitAlias``
-- ``interp`` → ``::tcletd::InterpAlias <path>`` (the real one hidden; ``create`` hardens children)
+- ``interp`` → ``::tcletd::InterpAlias <path>`` (the real one hidden; ``create`` hardens children,
+  ``limit`` is refused)
+- ``::tcl::info::cmdcount`` → ``::tcletd::CmdCount <path>`` (the real one hidden, see ``limits``)
+- ``<child>`` (each child's own command) → ``::tcletd::ChildCmd`` (``limit`` refused)
 - ``close``, ``::tcl::chan::close`` → ``::tcletd::CloseAlias <path>`` (the host hears at once)
 - ``::tcl::Bgerror`` → ``::tcletd::bgerror <slave>`` (tclsh's default background error report)
 """
@@ -270,12 +273,25 @@ proc ::tcletd::ExitAlias {args} {
 }
 
 # interp, for the tclet and every interpreter it creates: `create` makes a hardened child.
+# Limits are the host's: `limit` is refused; the books are read before a `delete` (what the
+# deleted interpreters ran stays counted) and every child created is adopted (limits.py).
 proc ::tcletd::InterpAlias {path args} {
     set sub [lindex $args 0]
     set len [string length $sub]
+    if {$len && [string equal -length $len $sub limit]} {
+        Fail [list interp {*}$args] \
+            "permission denied: a tclet cannot read or change interpreter limits"
+    }
+    set delete [expr {$len >= 2 && [string equal -length $len $sub delete]}]
+    if {$delete} {
+        Tighten
+    }
     set code [catch {interp invokehidden $path interp {*}$args} r o]
+    if {$delete} {
+        Tighten  ;# retire them now, before a new interpreter could take a deleted one's path
+    }
     if {!$code && $len >= 2 && [string equal -length $len $sub create]} {
-        Harden [list {*}$path {*}$r]
+        Adopt [list {*}$path {*}$r]
     }
     ::tcletd::py::drain  ;# `interp delete` may have closed granted sockets
     if {$code} {
@@ -309,6 +325,7 @@ proc ::tcletd::Harden {path} {
     interp alias $path interp {} ::tcletd::InterpAlias $path
     interp alias $path close {} ::tcletd::CloseAlias $path
     interp alias $path ::tcl::chan::close {} ::tcletd::CloseAlias $path
+    HideCount $path
 }
 
 # Every interpreter of the tclet, children first.

@@ -10,11 +10,18 @@ a request is in flight, and events that arrive meanwhile are queued and dispatch
 
 zmq.FD is edge-triggered (perf-baseline.md pitfalls 1-2): every wake-up drains until
 ``zmq.Again``, and every send is followed by a check of ``EVENTS`` that schedules a drain.
+
+Under the sandbox's ``RLIMIT_NOFILE`` a descriptor the host hands over may not fit: the kernel
+then drops it (``MSG_CTRUNC``) and the message arrives alone. The link answers the tclet's
+request as refused with ``EMFILE`` (Tcl's "too many open files") and tells the host it closed
+that socket, so the host drops its duplicate.
 """
 
 from __future__ import annotations
 
 import array
+import contextlib
+import errno
 import os
 import socket
 from collections import deque
@@ -91,13 +98,15 @@ class Link:
         if isinstance(msg, p.Accepted):
             fd = self._take_fd(msg.sock)
             self._runtime.accepted(msg.listener, msg.sock, fd, msg.peer_host, msg.peer_port)
+        elif isinstance(msg, p.QuotaExceeded):
+            self._runtime.quota_exceeded(msg.quota, msg.message)
         elif isinstance(msg, p.Stop):
             self._runtime.stop(msg.status)
 
     # ---- raw I/O ---------------------------------------------------------------------------
 
-    def _send(self, msg: msgspec.Struct) -> None:
-        self._dealer.send(p.encode(msg))
+    def _send(self, msg: msgspec.Struct, flags: int = 0) -> None:
+        self._dealer.send(p.encode(msg), flags)
         if int(self._dealer.get(zmq.EVENTS)) & zmq.POLLIN:
             self._schedule_drain()
 
@@ -114,7 +123,7 @@ class Link:
             self._route(msg)
 
     def _route(self, msg: p.HostMessage) -> None:
-        if isinstance(msg, p.Accepted | p.Stop):
+        if isinstance(msg, p.Accepted | p.QuotaExceeded | p.Stop):
             self._events.append(msg)
         else:
             self._replies[msg.req] = msg
@@ -143,9 +152,24 @@ class Link:
             if isinstance(msg, p.Granted | p.Accepted) and len(fds) == 1:
                 self._fds[msg.sock] = fds[0]
                 self._route(msg)
-            else:
-                for fd in fds:
-                    os.close(fd)
+                continue
+            for fd in fds:
+                os.close(fd)
+            if isinstance(msg, p.Granted | p.Accepted) and not fds:
+                self._no_room(msg)
+
+    def _no_room(self, msg: p.Granted | p.Accepted) -> None:
+        """The descriptor of ``msg`` did not fit under RLIMIT_NOFILE (the kernel dropped it)."""
+        self._send(p.Close(sock=msg.sock))
+        if isinstance(msg, p.Granted):
+            text = os.strerror(errno.EMFILE).lower()
+            self._route(
+                p.Denied(
+                    req=msg.req,
+                    message=f"couldn't open socket: {text}",
+                    errorcode=["POSIX", "EMFILE", text],
+                )
+            )
 
     def _take_fd(self, sock: int) -> int:
         # The descriptor arrived in the same socketpair message as the Granted/Accepted.
@@ -211,4 +235,10 @@ class Link:
         return reply.hidden_options
 
     def heartbeat(self, state: str, commands: int) -> None:
-        self._send(p.Heartbeat(state=state, commands=commands))
+        # Never block the tclet's event loop on liveness: if the host is not reading (HWM
+        # reached), this beat is dropped and its silence says the same thing.
+        with contextlib.suppress(zmq.Again):
+            self._send(p.Heartbeat(state=state, commands=commands), zmq.NOBLOCK)
+
+    def limit_hit(self, limit: str, detail: str) -> None:
+        self._send(p.LimitHit(limit=limit[: p.MAX_WORD], detail=detail[: p.MAX_WORD]))

@@ -2,8 +2,9 @@
 
 Worker side of the trust boundary. It wires the process up before any tclet code runs: the
 worker dies with its fork server (which dies with the host), stdout/stderr become the host's
-output socketpairs, the link to the host is made, then the Tcl runtime runs the tclet. The fork
-server preloads this module, so its imports are paid once, not per worker.
+output socketpairs, the link to the host is made, the Tcl runtime is built, the sandbox
+(:mod:`tcletd.worker.sandbox`) closes the process down, then the runtime runs the tclet. The
+fork server preloads this module, so its imports are paid once, not per worker.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import msgspec
 import zmq  # noqa: F401  (preloaded in the fork server)
 
 from tcletd import protocol as p
+from tcletd.worker import sandbox
 from tcletd.worker.link import EXIT_HOST_GONE, Link
 from tcletd.worker.tclrt import TclRuntime
 
@@ -79,6 +81,9 @@ def run(spec_bytes: bytes, fdsock: socket.socket, out: socket.socket, err: socke
     link = Link(spec, fdsock)
     runtime = TclRuntime(spec, link)
     link.attach(runtime)
+    # Every thread (libzmq's, Tcl's notifier) must exist before the sandbox forbids new ones.
+    runtime.prime()
+    sandbox.apply(spec)
     status = runtime.run()
     sys.stdout.flush()
     os._exit(status)

@@ -3,7 +3,15 @@
 :class:`TclRuntime` owns the master interpreter (``tkinter.Tcl()``, no display) and the tclet's
 Safe Base interpreter. The link (:mod:`tcletd.worker.link`) gives it a :class:`Broker` to ask the
 host for sockets and policies, registers its own file handlers on :attr:`TclRuntime.tk`, and calls
-:meth:`TclRuntime.accepted` / :meth:`TclRuntime.stop` when the host says so.
+:meth:`TclRuntime.accepted` / :meth:`TclRuntime.quota_exceeded` / :meth:`TclRuntime.stop` when
+the host says so.
+
+Limits and liveness (see :mod:`tcletd.worker.limits`): while the tclet runs, a master ``after``
+timer sends ``Broker.heartbeat`` every :data:`tcletd.states.HEARTBEAT_INTERVAL` seconds (only
+when the tclet is back in the event loop); with ``spec.commands`` > 0 the tclet's interpreters
+share that command budget, and reaching it calls ``Broker.limit_hit`` and ends the tclet with
+:data:`tcletd.states.EXIT_KILLED`. A ``Stop`` is seen only from the event loop too: a tclet
+blocked in I/O or computing cannot see it (the host then escalates to SIGTERM and SIGKILL).
 
 What the tclet gets beyond a plain Safe Base interpreter (see :mod:`tcletd.worker.aliases`):
 ``socket`` (client and server forms, native channels), ``fconfigure``/``chan configure`` without
@@ -22,8 +30,10 @@ from typing import Protocol
 
 from tcletd.errors import RequestError
 from tcletd.protocol import WorkerSpec
+from tcletd.states import EXIT_KILLED, HEARTBEAT_INTERVAL, TcletState
 from tcletd.worker.aliases import MASTER_TCL, TclCommandError, parse_socket_args
 from tcletd.worker.channels import ChannelFactory
+from tcletd.worker.limits import LIMITS_TCL, enforced_budget
 
 __all__ = ["SLAVE", "Broker", "TclRuntime"]
 
@@ -57,6 +67,15 @@ class Broker(Protocol):
         """The granted policy's hidden fconfigure options; RequestError if refused."""
         ...
 
+    def heartbeat(self, state: str, commands: int) -> None:
+        """The tclet is back in its event loop: ``state`` is ``script`` while its top-level script
+        has not returned, ``idle`` after; ``commands`` is what its interpreters ran so far."""
+        ...
+
+    def limit_hit(self, limit: str, detail: str) -> None:
+        """The tclet reached a limit enforced in the worker (``commands``); it ends next."""
+        ...
+
 
 @dataclass
 class _Listener:
@@ -85,6 +104,7 @@ class TclRuntime:
         self._listeners: dict[int, _Listener] = {}
         self._failure: BaseException | None = None
         self._running = False
+        self._state = TcletState.SCRIPT.value
         self.channels = ChannelFactory(self.tk, self._closed, native=native_channels)
         self._install()
 
@@ -93,12 +113,15 @@ class TclRuntime:
     def _install(self) -> None:
         tk = self.tk
         tk.eval(MASTER_TCL)
+        tk.eval(LIMITS_TCL)
         self._set_hidden(self.hidden_options)
         for name, func in (
             ("socket", self._py_socket),
             ("policy", self._py_policy),
             ("exit", self._py_exit),
             ("drain", self._py_drain),
+            ("beat", self._py_beat),
+            ("limit", self._py_limit),
         ):
             tk.createcommand(f"::tcletd::py::{name}", func)
         lib = str(tk.eval("info library"))
@@ -140,6 +163,11 @@ class TclRuntime:
 
     # ---- the link's entry points -----------------------------------------------------------------
 
+    def prime(self) -> None:
+        """Start what Tcl starts lazily (its notifier thread, at the first event-loop pass), so
+        the sandbox can forbid new threads and cap the address space before the script runs."""
+        self.tk.dooneevent(_DONT_WAIT)
+
     def run(self) -> int:
         """Evaluate the script, then serve events until the tclet ends; returns its exit status.
 
@@ -153,7 +181,13 @@ class TclRuntime:
         self._running = True
         try:
             if self.status is None:
+                # Counting starts here: the Safe Base's set-up is not the tclet's.
+                self.tk.call(
+                    "::tcletd::Budget", self.slave, str(enforced_budget(self.spec.commands))
+                )
+                self.tk.call("::tcletd::Beat", str(max(1, round(HEARTBEAT_INTERVAL * 1000))))
                 self._run_script()
+                self._state = TcletState.IDLE.value
             while not self._ended():
                 self.channels.closes.drain()
                 if self.tk.dooneevent(_DONT_WAIT):
@@ -172,6 +206,19 @@ class TclRuntime:
     def stop(self, status: int) -> None:
         """The host ends the tclet: flush its output and sockets, end with ``status``."""
         self._terminate(status)
+
+    def quota_exceeded(self, quota: str, message: str) -> None:
+        """The host shut the tclet's sockets because of ``quota``: a background error in the
+        tclet carrying ``message`` (its bgerror handler, by default tclsh's report on stderr);
+        the tclet goes on. Reported from the event loop, never inside another callback."""
+        if self.status is not None:
+            return
+        opts = (
+            "-code", "1", "-level", "0",
+            "-errorcode", ("TCLET", "QUOTA", quota),
+            "-errorinfo", message,
+        )  # fmt: skip
+        self.tk.call("after", "idle", ("::tcletd::bgreport", self.slave, message, opts))
 
     def accepted(self, listener: int, sock: int, fd: int, peer_host: str, peer_port: int) -> None:
         """The host accepted a connection on the tclet's server socket ``listener``."""
@@ -327,4 +374,25 @@ class TclRuntime:
 
     def _py_exit(self, code: str) -> str:
         self._terminate(int(code))
+        return ""
+
+    def _py_beat(self, commands: str) -> str:
+        if self.status is None:
+            try:
+                # Tcl's counts wrap past 2**31; the wire takes only counts >= 0.
+                self.broker.heartbeat(self._state, max(0, int(commands)))
+            except Exception as exc:
+                self._fail(exc)
+        return ""
+
+    def _py_limit(self) -> str:
+        """The command budget is spent (called from the limit's callback, inside the tclet's
+        evaluation; the limit error unwinds it, and deleting the interpreter is safe there, as
+        for ``exit``)."""
+        if self.status is None:
+            try:
+                self.broker.limit_hit("commands", f"commands limit {self.spec.commands}")
+            except Exception as exc:
+                self._fail(exc)
+            self._terminate(EXIT_KILLED)
         return ""

@@ -1,0 +1,179 @@
+"""The watchdog: one periodic task in the host loop that measures every tclet and holds the line.
+
+Host side of the trust boundary. Limits are enforced from what the host measures itself: CPU
+seconds (user + system) and resident memory of the worker process (psutil), and the wall clock
+since launch. The one exception is the Tcl command count, which only the worker's interpreter can
+count; the worker enforces it itself and says so with ``LimitHit`` before it exits.
+
+Every ``TICK`` the watchdog looks at up to ``PER_TICK`` tclets, round robin, and each look is
+bounded: one ``/proc`` read through psutil's ``oneshot`` and one ``TCP_INFO`` read per open
+socket (at most the tclet's socket quota). A host with more tclets than ``PER_TICK`` looks at each
+of them less often rather than stalling its loop. A look is a short list of named steps
+(:meth:`tcletd.host.tclet.Tclet.check`): count bytes, enforce byte quotas, measure, enforce
+limits, update liveness.
+
+At a limit the host ends the worker (SIGTERM, SIGKILL after the grace) with a reason that names
+the limit and its value (``cpu limit 10 s``) and the status of :mod:`tcletd.states`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import re
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import psutil  # type: ignore[import-untyped]  # no stubs installed
+
+from tcletd.policyfile import Limits, format_duration, format_size
+from tcletd.states import EXIT_KILLED, EXIT_WALL_LIMIT
+
+log = logging.getLogger(__name__)
+
+TICK = 0.1  # seconds between looks
+PER_TICK = 256  # tclets looked at per tick, at most
+
+
+class Watched(Protocol):
+    """What the watchdog needs of a tclet."""
+
+    def check(self, now: float) -> None: ...
+
+
+@dataclass
+class Usage:
+    """The worker's last measured resource use."""
+
+    cpu: float = 0.0  # seconds, user + system
+    rss: int = 0  # bytes
+
+
+@dataclass(frozen=True)
+class Breach:
+    """A limit reached: which, its maximum, the measured value, the reason and exit status;
+    ``source`` says who saw it: ``host`` (measured), ``worker`` (LimitHit), ``backstop`` (the
+    kernel's rlimit in the worker killed it first)."""
+
+    limit: str
+    maximum: float
+    value: float
+    reason: str
+    status: int
+    source: str = "host"
+
+
+def limit_reason(limit: str, maximum: float) -> str:
+    """``cpu limit 10 s``, ``memory limit 256 MiB``, ``wall limit 60 s``, ``commands limit N``."""
+    if limit == "memory":
+        return f"memory limit {format_size(maximum)}"
+    if limit in ("cpu", "wall"):
+        return f"{limit} limit {format_duration(maximum)}"
+    return f"{limit} limit {int(maximum) if float(maximum).is_integer() else maximum}"
+
+
+def breach(limit: str, maximum: float, value: float, source: str = "host") -> Breach:
+    status = EXIT_WALL_LIMIT if limit == "wall" else EXIT_KILLED
+    return Breach(limit, maximum, value, limit_reason(limit, maximum), status, source)
+
+
+class Meter:
+    """Measures one worker process; quiet once it is gone."""
+
+    def __init__(self, pid: int) -> None:
+        self.usage = Usage()
+        try:
+            self._proc: psutil.Process | None = psutil.Process(pid)
+        except psutil.Error:
+            self._proc = None
+
+    def measure(self) -> Usage:
+        if self._proc is not None:
+            try:
+                with self._proc.oneshot():
+                    times = self._proc.cpu_times()
+                    rss = self._proc.memory_info().rss
+            except psutil.Error:
+                self._proc = None  # gone (or pid reused): the sentinel will tell the rest
+            else:
+                self.usage = Usage(times.user + times.system, rss)
+        return self.usage
+
+
+def check_limits(limits: Limits, usage: Usage, age: float) -> Breach | None:
+    """The first limit reached, if any (0 means no limit)."""
+    if limits.cpu and usage.cpu >= limits.cpu:
+        return breach("cpu", limits.cpu, usage.cpu)
+    if limits.memory and usage.rss >= limits.memory:
+        return breach("memory", limits.memory, usage.rss)
+    if limits.wall and age >= limits.wall:
+        return breach("wall", limits.wall, age)
+    return None
+
+
+# Tcl's panic on a failed allocation (tclCkalloc.c), its last words before abort().
+_ALLOC_PANIC = re.compile(rb"unable to (?:re)?alloc [0-9]+ bytes\n?\Z")
+
+
+def breach_from_death(
+    limits: Limits, status: int, usage: Usage, stderr_tail: bytes
+) -> Breach | None:
+    """Which limit's backstop in the worker killed it, if one did (attribution, not enforcement).
+
+    The worker's rlimits sit under the host's watch, but a fast enough tclet meets them first:
+    RLIMIT_CPU ends it with SIGXCPU; RLIMIT_AS makes an allocation fail, and Tcl panics with
+    ``unable to alloc N bytes`` and aborts (a doubling string reaches the address-space cap
+    between two watchdog looks). The panic text comes from the untrusted side, but only names
+    the death of a worker that did abort; it never ends or spares one.
+    """
+    if limits.cpu and status == 128 + signal.SIGXCPU:
+        return breach("cpu", limits.cpu, usage.cpu, "backstop")
+    if limits.memory and status == 128 + signal.SIGABRT and _ALLOC_PANIC.search(stderr_tail):
+        return breach("memory", limits.memory, usage.rss, "backstop")
+    return None
+
+
+class Watchdog:
+    """Looks at every tclet every tick (bounded per tick); started and stopped by the Host."""
+
+    def __init__(self, tclets: Mapping[str, Watched], *, tick: float = TICK) -> None:
+        self._tclets = tclets
+        self._tick = tick
+        self._task: asyncio.Task[None] | None = None
+        self._cursor = 0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._task = loop.create_task(self._run(), name="tcletd-watchdog")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick)
+            self.look(time.monotonic())
+
+    def look(self, now: float) -> None:
+        """One tick: look at the next PER_TICK tclets."""
+        for tclet in self._batch():
+            try:
+                tclet.check(now)
+            except Exception:  # one tclet's trouble must not blind the host to the others
+                log.exception("watchdog: checking a tclet failed")
+
+    def _batch(self) -> list[Watched]:
+        tclets = list(self._tclets.values())
+        if len(tclets) <= PER_TICK:
+            return tclets
+        start = self._cursor % len(tclets)
+        self._cursor = start + PER_TICK
+        return list(itertools.islice(itertools.cycle(tclets), start, start + PER_TICK))

@@ -1,0 +1,223 @@
+"""The tclet's Tcl command budget and the worker's heartbeat, as master-side Tcl procs.
+
+Worker side of the trust boundary; everything here runs in the worker's master interpreter and
+reads the tclet's interpreters only through commands the tclet cannot redefine.
+
+**Command budget** (``spec.commands``): the tclet and every interpreter it creates share one
+budget of commands, counted as ``info cmdcount`` counts them, from the start of its script.
+Tcl's own ``interp limit ... commands`` enforces it; that is per interpreter, and Tcl gives a
+child of a limited interpreter a limit of 0 (it could not run a single command), so the master
+keeps the books (facts checked on 8.6.13):
+
+- Every interpreter of the tree has a limit of (its count + what the tree has left); the books
+  are brought up to date (:tcl:`::tcletd::Tighten`) when a child is created or deleted, at every
+  heartbeat, and when any interpreter reaches its limit. Its ``-command`` callback
+  (:tcl:`::tcletd::OnLimit`) then either raises that interpreter's limit to what is left or
+  lets the limit stand and tells the runtime (``::tcletd::py::limit``). A standing limit throws
+  an error that no ``catch`` in the tclet can intercept, and every later eval fails.
+- Counts are read with a *hidden* copy of ``::tcl::info::cmdcount`` (``tcletd_cmdcount``): a
+  tclet can redefine ``info`` but not a hidden command, so it cannot lie about its count. Its own
+  ``info cmdcount`` still works, through an alias.
+- A tclet may not change limits: ``interp limit`` is refused by the ``interp`` alias, and each
+  child's own command (``$child limit``) is replaced by an alias (:tcl:`::tcletd::ChildCmd`)
+  that refuses ``limit`` and forwards everything else to the hidden original.
+- Deleted interpreters stay counted: the ``interp`` alias brings the books up to date before a
+  deletion, so what they ran is kept in ``retired``.
+- Tcl counts in a C ``int`` (``interp limit -value`` refuses more, ``info cmdcount`` wraps past
+  2**31), so a budget above :data:`MAX_COMMANDS` is counted but not enforced: such a policy
+  (e.g. 10**10) means "no command limit" and the CPU limit bounds the tclet instead.
+- What the count cannot see: a loop that runs no command at all (``while 1 {}``) never moves
+  ``info cmdcount``. The CPU limit ends it (the host at ``cpu`` seconds; ``RLIMIT_CPU`` at
+  ``cpu + 1`` s as a backstop, see :mod:`tcletd.worker.sandbox`).
+
+**Heartbeat**: :tcl:`::tcletd::Beat` is a master ``after`` timer, so it fires only when the
+tclet returns to the event loop (``vwait``/``update`` in its script, or idle after it). Master
+timers are not the tclet's events: the runtime's "anything left?" check looks only at the
+tclet's interpreters.
+"""
+
+from __future__ import annotations
+
+__all__ = ["LIMITS_TCL", "MAX_COMMANDS", "enforced_budget"]
+
+MAX_COMMANDS = 2_000_000_000
+"""The largest command budget Tcl can enforce (its counters are C ``int``s; some room is left
+for the counts the interpreters start from)."""
+
+
+def enforced_budget(commands: int) -> int:
+    """The budget the worker enforces for ``spec.commands``: 0 (none) if it does not fit."""
+    return commands if 0 < commands <= MAX_COMMANDS else 0
+
+
+LIMITS_TCL = r"""
+namespace eval ::tcletd::budget {
+    variable total 0     ;# the tree's command budget (0: none)
+    variable root {}     ;# the tclet's path
+    variable start {}    ;# path -> its count when counting began
+    variable last {}     ;# path -> its count when last read
+    variable retired 0   ;# commands run by interpreters deleted since
+    variable value {}    ;# path -> the -value last given (not set again when unchanged)
+    variable children 0  ;# serial for the hidden names of child commands
+}
+
+# Give `path` a hidden count reader and keep `info cmdcount` working for the tclet through an
+# alias. Runs before any tclet code runs in `path`, so ::tcl::info::cmdcount is Tcl's own.
+proc ::tcletd::HideCount {path} {
+    interp eval $path {::rename ::tcl::info::cmdcount ::tcletd_cmdcount}
+    interp hide $path tcletd_cmdcount
+    interp alias $path ::tcl::info::cmdcount {} ::tcletd::CmdCount $path
+}
+
+proc ::tcletd::CmdCount {path args} {
+    if {[llength $args]} {
+        Fail [list info cmdcount {*}$args] {wrong # args: should be "info cmdcount"} \
+            {TCL WRONGARGS}
+    }
+    interp invokehidden $path tcletd_cmdcount
+}
+
+# A path's command count. Over its limit, nothing runs in it: it ran one command past -value.
+proc ::tcletd::Count {path} {
+    if {![catch {interp invokehidden $path tcletd_cmdcount} n]} {
+        return $n
+    }
+    if {![catch {dict get [interp limit $path commands] -value} v] && $v ne ""} {
+        return [expr {$v + 1}]
+    }
+    namespace upvar ::tcletd::budget last last
+    if {[dict exists $last $path]} {
+        return [dict get $last $path]
+    }
+    return 0
+}
+
+# Bring the books up to date: returns the commands the tclet's tree used. With a budget, every
+# interpreter's limit becomes its count plus what is left, except `skip` (an interpreter over
+# its limit whose callback is running: setting its value would cancel the limit error).
+proc ::tcletd::Tighten {{skip {}}} {
+    namespace upvar ::tcletd::budget total total root root start start last last \
+        retired retired value value
+    set now {}
+    if {$root eq "" || ![interp exists $root]} {
+        # the tclet is gone
+    } elseif {![llength [interp slaves $root]]} {
+        # the usual case, kept cheap for the heartbeat: no child interpreter
+        if {[dict exists $start $root]} {
+            dict set now $root [Count $root]
+        }
+    } else {
+        foreach path [Tree $root] {
+            if {[dict exists $start $path]} {
+                dict set now $path [Count $path]
+            }
+        }
+    }
+    dict for {path n} $last {
+        if {![dict exists $now $path]} {
+            incr retired [expr {$n - [dict get $start $path]}]
+            dict unset start $path
+            dict unset value $path
+        }
+    }
+    set last $now
+    set used $retired
+    dict for {path n} $now {
+        incr used [expr {$n - [dict get $start $path]}]
+    }
+    if {$total > 0} {
+        set left [expr {max($total - $used, 0)}]
+        dict for {path n} $now {
+            set v [expr {$n + $left}]
+            if {($path ne $skip || $left > 0)
+                    && (![dict exists $value $path] || [dict get $value $path] != $v)} {
+                interp limit $path commands -value $v
+                dict set value $path $v
+            }
+        }
+    }
+    return $used
+}
+
+# Start counting `path` (the tclet, or a child just created and hardened).
+proc ::tcletd::Track {path} {
+    namespace upvar ::tcletd::budget total total start start last last value value
+    set n [Count $path]
+    dict set start $path $n
+    dict set last $path $n
+    dict unset value $path  ;# a new interpreter may reuse a deleted one's path
+    if {$total > 0} {
+        interp limit $path commands -command [list ::tcletd::OnLimit $path]
+        Tighten
+    }
+}
+
+# Start the budget on the tclet, just before its script runs.
+proc ::tcletd::Budget {slave total} {
+    set ::tcletd::budget::total $total
+    set ::tcletd::budget::root $slave
+    Track $slave
+}
+
+# An interpreter reached its limit: raise it to what the tree has left, or let it stand.
+proc ::tcletd::OnLimit {path} {
+    if {[catch {Tighten $path} used]} {
+        set used $::tcletd::budget::total
+    }
+    if {$used >= $::tcletd::budget::total} {
+        ::tcletd::py::limit
+    }
+}
+
+# A child the tclet just created: lift the limit of 0 Tcl gave it, harden it, count it.
+proc ::tcletd::Adopt {path} {
+    if {$::tcletd::budget::total > 0} {
+        interp limit $path commands -value {}
+    }
+    Harden $path
+    WrapChild $path
+    Track $path
+}
+
+# Replace the child's own command in its parent with an alias that refuses `limit`.
+proc ::tcletd::WrapChild {path} {
+    set parent [lrange $path 0 end-1]
+    set name [lindex $path end]
+    set token tcletd_child[incr ::tcletd::budget::children]
+    if {[catch {
+        interp hide $parent $name $token
+        interp alias $parent ::$name {} ::tcletd::ChildCmd $path $token
+    } msg]} {
+        interp delete $path
+        return -code error "couldn't create interpreter \"$name\": $msg"
+    }
+}
+
+proc ::tcletd::ChildCmd {path token args} {
+    set cmd [list [lindex $path end] {*}$args]
+    set sub [lindex $args 0]
+    set len [string length $sub]
+    if {$len && [string equal -length $len $sub limit]} {
+        Fail $cmd "permission denied: a tclet cannot read or change interpreter limits"
+    }
+    if {![interp exists $path]} {
+        Fail $cmd "invalid command name \"[lindex $path end]\"" \
+            [list TCL LOOKUP COMMAND [lindex $path end]]
+    }
+    set code [catch {interp invokehidden [lrange $path 0 end-1] $token {*}$args} r o]
+    ::tcletd::py::drain
+    if {$code} {
+        Fail $cmd $r [dict get $o -errorcode]
+    }
+    return $r
+}
+
+# The heartbeat: every `ms` from the master's event loop, with the tclet's command count.
+proc ::tcletd::Beat {ms} {
+    after $ms [list ::tcletd::Beat $ms]
+    if {[catch {Tighten} used]} {
+        set used 0
+    }
+    ::tcletd::py::beat $used
+}
+"""

@@ -1,0 +1,249 @@
+"""The worker's OS sandbox: resource limits and process flags a worker puts on itself.
+
+Worker side of the trust boundary. :func:`apply` runs in the worker once its Tcl interpreter,
+Tcl's notifier thread and its ZeroMQ context (with libzmq's threads) exist, and before the
+tclet's script runs: libzmq *aborts* when it creates a thread under a small ``RLIMIT_AS``
+(ecosystem.md, "RLIMIT_AS vs libzmq"), and no thread may be created once ``RLIMIT_NPROC`` is 0.
+Every limit is set with soft = hard (except CPU), so nothing in the process can raise it again.
+
+What it applies (the host watches RSS, CPU and descriptors itself and acts first; these are the
+backstops for when it cannot be fast enough):
+
+- ``RLIMIT_CORE`` 0 and ``PR_SET_DUMPABLE`` 0: no core dump, no ptrace attach by same-uid
+  processes. (Side effect the host must know: a non-root host cannot list ``/proc/PID/fd`` of
+  a non-dumpable worker; ``/proc/PID/stat``, ``statm`` and ``status`` stay readable.)
+- ``RLIMIT_FSIZE`` 0 with ``SIGXFSZ`` ignored: any write to a regular file fails with ``EFBIG``.
+  stdout/stderr are sockets, so they are not affected.
+- No child processes. What actually stops them is the Safe Base: ``exec``, ``open`` (so
+  ``open |cmd``) and ``load`` are hidden in the tclet and in every interpreter it creates, and
+  nothing reaches Python. Belt and braces: ``RLIMIT_NPROC`` 0 (fork and thread creation fail
+  with ``EAGAIN`` for a non-root uid; root is exempt) and ``PR_SET_NO_NEW_PRIVS`` (an exec
+  could never gain privileges). No seccomp filter is loaded.
+- ``RLIMIT_NOFILE`` when ``spec.nofile`` > 0: the limit is chosen so that exactly
+  ``spec.nofile + FD_HEADROOM`` descriptor slots are free when it is applied (everything the
+  worker holds at that moment stays usable). ``spec.nofile`` is therefore the number of
+  descriptors the *tclet* may hold (its socket quota); ``FD_HEADROOM`` covers the runtime's
+  own transient needs (Tcl reading a package or encoding file).
+- ``RLIMIT_AS`` when ``spec.memory`` > 0: the current ``VmSize`` plus ``spec.memory`` bytes.
+  Allocation failure makes Tcl panic (``SIGABRT``; no core).
+- ``RLIMIT_CPU`` when ``spec.cpu`` > 0: soft ``ceil(cpu) + 1`` s (``SIGXCPU``), hard
+  ``ceil(cpu) + 2`` s (``SIGKILL``), counted over the process's whole CPU time.
+
+:func:`selftest` (and ``python -m tcletd.worker.sandbox``) applies a sample sandbox in a forked
+child and returns what it applied and what the kernel then reports: for ``tcletd doctor``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import resource
+import signal
+from dataclasses import dataclass, field
+
+from tcletd.protocol import WorkerSpec
+
+__all__ = [
+    "FD_HEADROOM",
+    "Applied",
+    "apply",
+    "nofile_limit",
+    "open_fds",
+    "read_limits",
+    "selftest",
+    "vm_size",
+]
+
+FD_HEADROOM = 8
+"""Descriptor slots left free beyond the tclet's quota, for the runtime's own transient use."""
+
+_PR_GET_DUMPABLE = 3
+_PR_SET_DUMPABLE = 4
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_GET_NO_NEW_PRIVS = 39
+
+# /proc/self/limits row names, for reading back what the kernel holds.
+_LIMIT_NAMES = {
+    "core": resource.RLIMIT_CORE,
+    "fsize": resource.RLIMIT_FSIZE,
+    "nproc": resource.RLIMIT_NPROC,
+    "nofile": resource.RLIMIT_NOFILE,
+    "as": resource.RLIMIT_AS,
+    "cpu": resource.RLIMIT_CPU,
+}
+
+
+@dataclass
+class Applied:
+    """What :func:`apply` did: the limits it set (``name -> (soft, hard)``) and the flags."""
+
+    limits: dict[str, tuple[int, int]] = field(default_factory=dict)
+    dumpable: bool = True
+    no_new_privs: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> list[str]:
+        """One line per setting, for ``tcletd doctor`` and logs."""
+        lines = [f"rlimit {name}: soft={s} hard={h}" for name, (s, h) in self.limits.items()]
+        lines.append(f"dumpable: {int(self.dumpable)}")
+        lines.append(f"no_new_privs: {int(self.no_new_privs)}")
+        lines.extend(f"note: {n}" for n in self.notes)
+        return lines
+
+
+def open_fds() -> list[int]:
+    """Descriptors open in this process (without the one used to list them)."""
+    listed = [int(x) for x in os.listdir("/proc/self/fd")]
+    out = []
+    for fd in listed:
+        try:
+            os.fstat(fd)
+        except OSError:  # the directory descriptor os.listdir used, closed since
+            continue
+        out.append(fd)
+    return sorted(out)
+
+
+def vm_size() -> int:
+    """This process's virtual size in bytes (``VmSize``), 0 if unknown."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0
+    return 0
+
+
+def nofile_limit(fds: list[int], free: int) -> int:
+    """The smallest RLIMIT_NOFILE that leaves ``free`` slots unused below it, given ``fds``.
+
+    New descriptors take the lowest free numbers below the limit; descriptors already open at
+    or above it stay valid but take no slot, so the count is over numbers below the limit.
+    """
+    taken = set(fds)
+    limit = 0
+    unused = 0
+    while unused < free:
+        if limit not in taken:
+            unused += 1
+        limit += 1
+    return limit
+
+
+def _prctl(option: int, arg: int) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    return int(libc.prctl(option, arg, 0, 0, 0))
+
+
+def _set(applied: Applied, name: str, soft: int, hard: int) -> None:
+    kind = _LIMIT_NAMES[name]
+    _cur_soft, cur_hard = resource.getrlimit(kind)
+    # An unprivileged process cannot raise its hard limit: never ask for more than it has.
+    if cur_hard != resource.RLIM_INFINITY:
+        hard = min(hard, cur_hard)
+        soft = min(soft, hard)
+    try:
+        resource.setrlimit(kind, (soft, hard))
+    except (OSError, ValueError) as exc:
+        applied.notes.append(f"rlimit {name} not set: {exc}")
+        return
+    applied.limits[name] = (soft, hard)
+
+
+def apply(spec: WorkerSpec) -> Applied:
+    """Apply the sandbox to this process, per ``spec``; returns what was applied.
+
+    Irreversible: call it only in a worker, after Tcl's notifier thread and the ZeroMQ context
+    exist, before any tclet code runs.
+    """
+    applied = Applied()
+    _set(applied, "core", 0, 0)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of death on a file write
+    _set(applied, "fsize", 0, 0)
+    if spec.nofile > 0:
+        limit = nofile_limit(open_fds(), spec.nofile + FD_HEADROOM)
+        _set(applied, "nofile", limit, limit)
+    if spec.memory > 0:
+        size = vm_size() + spec.memory
+        _set(applied, "as", size, size)
+    if spec.cpu > 0:
+        whole = math.ceil(spec.cpu)
+        _set(applied, "cpu", whole + 1, whole + 2)
+    # Last among the limits: from here on, not even a thread can be created (non-root).
+    _set(applied, "nproc", 0, 0)
+    if os.geteuid() == 0:
+        applied.notes.append("running as root: RLIMIT_NPROC does not bind")
+    if _prctl(_PR_SET_NO_NEW_PRIVS, 1) == 0:
+        applied.no_new_privs = _prctl(_PR_GET_NO_NEW_PRIVS, 0) == 1
+    else:
+        applied.notes.append(f"PR_SET_NO_NEW_PRIVS failed: errno {ctypes.get_errno()}")
+    if _prctl(_PR_SET_DUMPABLE, 0) != 0:
+        applied.notes.append(f"PR_SET_DUMPABLE failed: errno {ctypes.get_errno()}")
+    applied.dumpable = _prctl(_PR_GET_DUMPABLE, 0) != 0  # what the kernel says, not what we asked
+    return applied
+
+
+def read_limits(pid: int | str = "self") -> dict[str, tuple[str, str]]:
+    """``/proc/PID/limits`` as ``name -> (soft, hard)`` for the limits this module sets."""
+    rows = {
+        "Max core file size": "core",
+        "Max file size": "fsize",
+        "Max processes": "nproc",
+        "Max open files": "nofile",
+        "Max address space": "as",
+        "Max cpu time": "cpu",
+    }
+    out: dict[str, tuple[str, str]] = {}
+    with open(f"/proc/{pid}/limits", encoding="ascii") as limits:
+        for line in limits:
+            for title, name in rows.items():
+                if line.startswith(title):
+                    soft, hard = line[len(title) :].split()[:2]
+                    out[name] = (soft, hard)
+    return out
+
+
+def selftest() -> list[str]:
+    """Apply a sample sandbox in a forked child and return what it and the kernel report.
+
+    The child reports over a pipe: once sandboxed it could not write to a regular file, and
+    this process's stdout may be one.
+    """
+    spec = WorkerSpec(
+        tclet_id="selftest",
+        token="",
+        endpoint="",
+        script="",
+        script_name="",
+        argv=[],
+        embed_args={},
+        policy="",
+        hidden_options=[],
+        nofile=16,
+        memory=256 * 2**20,
+        cpu=10.0,
+    )
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(rfd)
+        try:
+            lines = apply(spec).describe()
+            lines += [f"kernel {n}: soft={s} hard={h}" for n, (s, h) in read_limits().items()]
+            os.write(wfd, "\n".join(lines).encode())
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    chunks = []
+    while data := os.read(rfd, 65536):
+        chunks.append(data)
+    os.close(rfd)
+    os.waitpid(pid, 0)
+    return b"".join(chunks).decode().splitlines()
+
+
+if __name__ == "__main__":
+    print("\n".join(selftest()))

@@ -1,0 +1,160 @@
+"""Liveness: what the host knows of each tclet (state from heartbeats), Host.status(), SIGUSR1.
+
+Heartbeats come from the worker's Tcl event loop; a tclet that does not return to it (blocked in
+``gets``, computing) stops beating and the host calls it ``busy`` without ending it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tcletd.api import Host
+from tcletd.states import BUSY_AFTER
+from tests.conftest import ROOT
+from tests.netutil import TcpServer, echo_handler
+
+pytestmark = pytest.mark.timeout(60)
+
+QUIET = {"on_stdout": lambda _b: None, "on_stderr": lambda _b: None}
+
+
+@pytest.fixture
+def silent() -> Iterator[TcpServer]:
+    """A server that accepts and never says a word (until the test ends)."""
+    done = threading.Event()
+
+    def hold(conn: socket.socket) -> None:
+        done.wait(30)
+
+    with TcpServer(hold, "silent") as server:
+        yield server
+        done.set()
+
+
+async def _until(predicate: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+def test_blocked_tclet_is_busy_idle_tclet_is_idle(silent: TcpServer, tmp_path: Path) -> None:
+    audit = tmp_path / "audit.jsonl"
+
+    async def scenario() -> dict[str, str]:
+        async with Host(audit=audit) as host:
+            blocked = host.launch(
+                f"set s [socket 127.0.0.1 {silent.port}]\ngets $s\n", policy="trusted", **QUIET
+            )
+            idle = host.launch("after 20000 {exit 0}", policy="home", **QUIET)  # type: ignore[arg-type]
+            await _until(lambda: idle.state.value == "idle")
+            # Let the blocked one stay silent for longer than BUSY_AFTER.
+            await asyncio.sleep(BUSY_AFTER + 0.5)
+            states = {t["id"]: str(t["state"]) for t in host.status()}
+            result = {"blocked": states[blocked.id], "idle": states[idle.id]}
+            await asyncio.gather(blocked.end("test over"), idle.end("test over"))
+            return result
+
+    assert asyncio.run(scenario()) == {"blocked": "busy", "idle": "idle"}
+    changes = [
+        (r["previous"], r["state"])
+        for r in map(json.loads, audit.read_text().splitlines())
+        if r["event"] == "state"
+    ]
+    assert ("starting", "script") in changes
+    assert ("script", "busy") in changes
+    assert ("script", "idle") in changes
+    assert changes.count(("ending", "ended")) == 2
+
+
+def test_busy_is_not_a_reason_to_end(tclet) -> None:
+    # Computing for 2 s without returning to the event loop is allowed under the limits.
+    script = "set t [expr {[clock milliseconds] + 2000}]\nwhile {[clock milliseconds] < $t} {}\n"
+    ran = tclet(script + "puts survived")
+    assert (ran.status, ran.stdout) == (0, "survived\n"), ran.stderr
+
+
+def test_host_status_fields() -> None:
+    async def scenario() -> tuple[dict[str, object], str]:
+        with TcpServer(echo_handler) as echo:
+            async with Host() as host:
+                ready = asyncio.Event()
+                tclet = host.launch(
+                    f"set s [socket 127.0.0.1 {echo.port}]\n"
+                    "puts $s [string repeat x 9999]; flush $s; gets $s\n"
+                    "set n 0; while {$n < 300000} {incr n}\n"
+                    "puts ready; flush stdout; after 20000 {exit 0}\n",
+                    policy="trusted",
+                    on_stdout=lambda _b: ready.set(),
+                    on_stderr=lambda _b: None,
+                )
+                await asyncio.wait_for(ready.wait(), 15)
+                await asyncio.sleep(0.3)
+                (entry,) = host.status()
+                await tclet.end("test over")
+                return entry, tclet.id
+
+    entry, tclet_id = asyncio.run(scenario())
+    assert set(entry) == {
+        "id",
+        "pid",
+        "policy",
+        "state",
+        "sockets",
+        "bytes_sent",
+        "bytes_received",
+        "cpu",
+        "rss",
+        "age",
+    }
+    assert entry["id"] == tclet_id
+    assert isinstance(entry["pid"], int) and entry["pid"] != os.getpid()
+    assert entry["policy"] == "trusted"
+    assert entry["state"] == "idle"
+    assert entry["sockets"] == 1
+    assert 10000 <= entry["bytes_sent"] <= 10002  # type: ignore[operator]
+    assert 10000 <= entry["bytes_received"] <= 10002  # type: ignore[operator]
+    assert 0 < entry["cpu"] < 10  # type: ignore[operator]
+    assert 10 * 2**20 < entry["rss"] < 256 * 2**20  # type: ignore[operator]
+    assert 0.3 < entry["age"] < 15  # type: ignore[operator]
+
+
+def test_sigusr1_prints_a_status_line(tmp_path: Path) -> None:
+    script = tmp_path / "sleepy.tcl"
+    script.write_text("puts ready; flush stdout; after 20000 {exit 0}\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tcletd", "run", str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline() == b"ready\n"
+        os.kill(proc.pid, signal.SIGUSR1)
+        line = proc.stderr.readline().decode()
+        os.kill(proc.pid, signal.SIGTERM)
+        _, rest = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert line.startswith("tcletd: tclet "), line
+    for word in (" policy home ", " state ", " sockets 0 ", " sent 0 B ", " cpu ", " rss "):
+        assert word in line, line
+    assert proc.returncode == 143
+    assert rest.decode() == "tcletd: tclet ended: tcletd got SIGTERM\n"
