@@ -83,6 +83,10 @@ class Hub:
             self._schedule_drain()
         return True
 
+    def drain(self) -> None:
+        """Deliver whatever frames have arrived, now (e.g. a worker's last words at its exit)."""
+        self._drain()
+
     def _schedule_drain(self) -> None:
         if not self._drain_pending and int(self._router.get(zmq.EVENTS)) & zmq.POLLIN:
             self._drain_pending = True

@@ -136,6 +136,7 @@ class Tclet:
         status = await self.worker.exited
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*self._eof.values()), 2.0)
+        await self._last_words(status)
         self.release()
         if self._ended is None:
             found = breach_from_death(
@@ -152,6 +153,22 @@ class Tclet:
         self._audit("exit", status=status, reason=reason)
         return TcletResult(status, reason, by_host=self._ended is not None)
 
+    async def _last_words(self, status: int) -> None:
+        """Take the messages a worker sent just before it exited.
+
+        The sentinel can beat the worker's last ZeroMQ frames (a LimitHit before its exit), which
+        the worker flushed before exiting: they are at most one I/O-thread hop behind.
+        """
+        self.s.hub.drain()
+        assert self.worker is not None
+        # Exited by itself with 137 (not SIGKILLed): the status a worker gives after a LimitHit.
+        waiting = status == EXIT_KILLED and self.worker.process.exitcode == EXIT_KILLED
+        for _ in range(20):
+            if not waiting or self._ended is not None:
+                return
+            await asyncio.sleep(0.01)
+            self.s.hub.drain()
+
     async def end(self, reason: str, status: int = EXIT_TERMINATED) -> None:
         """The host ends the tclet: ask, then TERM, then KILL after the grace."""
         if self.worker is None or self.worker.exited.done():
@@ -160,10 +177,15 @@ class Tclet:
         await self.s.supervisor.end(self.worker)
 
     def _end_soon(self, reason: str, status: int, *, after: float = 0.0) -> None:
-        """End the tclet from a callback: decide now, stop the worker in a task."""
-        if self.worker is None or self.worker.exited.done() or not self._decide_end(reason, status):
+        """End the tclet from a callback: decide now, stop the worker in a task.
+
+        The reason is recorded even when the worker has just exited by itself: a LimitHit can
+        arrive after the worker's sentinel.
+        """
+        if self.worker is None or not self._decide_end(reason, status):
             return
-        self._spawn(self._stop_worker(after))
+        if not self.worker.exited.done():
+            self._spawn(self._stop_worker(after))
 
     async def _stop_worker(self, after: float) -> None:
         assert self.worker is not None

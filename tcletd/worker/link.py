@@ -190,6 +190,11 @@ class Link:
             raise RequestError(reply.message, tuple(reply.errorcode))
         return reply
 
+    def shutdown(self) -> None:
+        """Hand every queued message to the kernel (bounded by the linger), then close."""
+        self._dealer.close(linger=500)
+        self._ctx.term()
+
     # ---- the runtime's Broker --------------------------------------------------------------
 
     @staticmethod

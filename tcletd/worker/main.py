@@ -86,4 +86,6 @@ def run(spec_bytes: bytes, fdsock: socket.socket, out: socket.socket, err: socke
     sandbox.apply(spec)
     status = runtime.run()
     sys.stdout.flush()
+    # Deliver what is still queued (a LimitHit, the last Closes) before the process goes.
+    link.shutdown()
     os._exit(status)

@@ -24,8 +24,11 @@ backstops for when it cannot be fast enough):
   worker holds at that moment stays usable). ``spec.nofile`` is therefore the number of
   descriptors the *tclet* may hold (its socket quota); ``FD_HEADROOM`` covers the runtime's
   own transient needs (Tcl reading a package or encoding file).
-- ``RLIMIT_AS`` when ``spec.memory`` > 0: the current ``VmSize`` plus ``spec.memory`` bytes.
-  Allocation failure makes Tcl panic (``SIGABRT``; no core).
+- ``RLIMIT_AS`` when ``spec.memory`` > 0: the current ``VmSize`` plus ``AS_HEADROOM`` times
+  ``spec.memory`` bytes. It is a backstop under the host's resident-size watch, not the limit:
+  with only ``spec.memory`` of room, a doubling allocation fails while the resident size is
+  still half the limit, and the tclet would see a catchable "out of memory" instead of being
+  ended for its memory limit. Allocation failure makes Tcl panic (``SIGABRT``; no core).
 - ``RLIMIT_CPU`` when ``spec.cpu`` > 0: soft ``ceil(cpu) + 1`` s (``SIGXCPU``), hard
   ``ceil(cpu) + 2`` s (``SIGKILL``), counted over the process's whole CPU time.
 
@@ -57,6 +60,9 @@ __all__ = [
 
 FD_HEADROOM = 8
 """Descriptor slots left free beyond the tclet's quota, for the runtime's own transient use."""
+
+AS_HEADROOM = 2
+"""The address-space backstop allows this many times the memory limit (see the docstring)."""
 
 _PR_GET_DUMPABLE = 3
 _PR_SET_DUMPABLE = 4
@@ -167,7 +173,7 @@ def apply(spec: WorkerSpec) -> Applied:
         limit = nofile_limit(open_fds(), spec.nofile + FD_HEADROOM)
         _set(applied, "nofile", limit, limit)
     if spec.memory > 0:
-        size = vm_size() + spec.memory
+        size = vm_size() + AS_HEADROOM * spec.memory
         _set(applied, "as", size, size)
     if spec.cpu > 0:
         whole = math.ceil(spec.cpu)
