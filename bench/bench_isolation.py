@@ -21,11 +21,12 @@ One in-process :class:`tcletd.api.Host` runs, each round, twice (alternating whi
 Targets (issue 4): echo p99 under attack <= 1.5 x alone; the host's answer to a control request
 under 50 ms p99 throughout. Figures are medians over the rounds. The machine has 2 cores and
 two of the hostile tclets burn CPU as fast as they can until their cpu limit, so the probe
-competes with them for a core; ``--nice-hostile`` renices each hostile worker to 10 from this
-driver right after launch, to measure how much of the difference is plain CPU contention (the
-host itself does not do that). ``--demote-hogs`` tries what a host could do without knowing
-which tclets are hostile: renice any worker, probes included, that was running or waiting for
-a CPU more than 70% of the last 0.2 s.
+competes with them for a core. The host itself demotes a worker that kept a core busy (CPU
+time, not run-queue time) for 0.5 s to nice 19 (``tcletd.host.watchdog.HOG_*``), which is what
+the default run measures. ``--nice-hostile`` renices each hostile worker to 10 from this driver
+right after launch (an oracle that knows which tclets are hostile, for comparison);
+``--demote-hogs`` is an earlier experiment that renices any worker, probes included, that was
+running *or waiting* for a CPU more than 70% of the last 0.2 s (it catches the probes too).
 """
 
 from __future__ import annotations
@@ -393,7 +394,7 @@ class Bench:
     async def run(self) -> dict[str, list[Sample]]:
         samples: dict[str, list[Sample]] = {"alone": [], "attack": []}
         demoter = asyncio.ensure_future(self.demote_hogs()) if self.args.demote_hogs else None
-        async with Host() as host:
+        async with Host(audit=os.environ.get("TCLETD_BENCH_AUDIT")) as host:
             await self.probe(host)  # warm-up, not counted
             for r in range(self.args.rounds):
                 order = ["alone", "attack"] if r % 2 == 0 else ["attack", "alone"]
@@ -492,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--demote-hogs",
         action="store_true",
-        help=f"experiment: renice to 10 any worker runnable over {DEMOTE_SHARE:.0%} of the "
+        help=f"experiment: renice to 10 any worker runnable over {DEMOTE_SHARE * 100:.0f}%% of the "
         f"last {DEMOTE_WINDOW} s (probes included)",
     )
     ap.add_argument("--json", metavar="FILE", help="also write the raw figures as JSON")

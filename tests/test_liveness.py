@@ -158,3 +158,33 @@ def test_sigusr1_prints_a_status_line(tmp_path: Path) -> None:
         assert word in line, line
     assert proc.returncode == 143
     assert rest.decode() == "tcletd: tclet ended: tcletd got SIGTERM\n"
+
+
+def test_a_cpu_hog_is_demoted_and_an_io_bound_tclet_is_not() -> None:
+    import psutil
+
+    from tcletd.host.watchdog import HOG_NICE
+
+    async def scenario() -> tuple[bool, int, bool, int]:
+        with TcpServer(echo_handler) as echo:
+            async with Host() as host:
+                hog = host.launch("while 1 {incr i}", policy="trusted", **QUIET)
+                chatty = host.launch(
+                    f"set s [socket 127.0.0.1 {echo.port}]\n"
+                    "set end [expr {[clock milliseconds] + 1500}]\n"
+                    "while {[clock milliseconds] < $end} {puts $s x; flush $s; gets $s}\n",
+                    policy="trusted",
+                    **QUIET,
+                )
+                await _until(lambda: hog.demoted, timeout=5)
+                assert hog.worker is not None and chatty.worker is not None
+                hog_nice = psutil.Process(hog.worker.pid).nice()
+                chatty_nice = psutil.Process(chatty.worker.pid).nice()
+                await chatty.wait()
+                await hog.end("test over")
+                await hog.wait()
+                return hog.demoted, hog_nice, chatty.demoted, chatty_nice
+
+    hog_demoted, hog_nice, chatty_demoted, chatty_nice = asyncio.run(scenario())
+    assert (hog_demoted, hog_nice) == (True, HOG_NICE)
+    assert (chatty_demoted, chatty_nice) == (False, 0)

@@ -49,6 +49,14 @@ class WorkerProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signum)
 
+    def renice(self, niceness: int) -> bool:
+        """Lower the worker's scheduling priority; False if it is gone."""
+        try:
+            os.setpriority(os.PRIO_PROCESS, self.pid, niceness)
+        except OSError:
+            return False
+        return True
+
     def close_sockets(self) -> None:
         for sock in (self.fdsock, self.stdout, self.stderr):
             sock.close()

@@ -30,7 +30,13 @@ from tcletd.host.broker import Audit, Broker, FdChannel, shut
 from tcletd.host.hub import Hub, Peer
 from tcletd.host.quotas import HostTotals, QuotaRefused, TcletQuotas, output_reason
 from tcletd.host.supervisor import Supervisor, WorkerProcess
-from tcletd.host.watchdog import Meter, breach, breach_from_death, check_limits
+from tcletd.host.watchdog import (
+    HOG_NICE,
+    Meter,
+    breach,
+    breach_from_death,
+    check_limits,
+)
 from tcletd.policy import Origin, Policy, load_policy
 from tcletd.policyfile import MasterConfig
 from tcletd.states import BUSY_AFTER, EXIT_KILLED, EXIT_TERMINATED, TcletState
@@ -93,6 +99,7 @@ class Tclet:
         self._overrides = tuple(overrides)
         self.quotas = TcletQuotas(policy.quotas, services.totals)
         self.state = TcletState.STARTING
+        self.demoted = False  # its worker's priority was lowered for hogging a core
         self.launched_at = time.monotonic()
         self._last_beat = self.launched_at
         self._commands = 0  # the worker's last reported ``info cmdcount`` (display only)
@@ -253,7 +260,15 @@ class Tclet:
             self._audit.breach(found)
             self._end_soon(found.reason, found.status)
             return
+        self._demote_if_hog(now)
         self._update_liveness(now)
+
+    def _demote_if_hog(self, now: float) -> None:
+        assert self._meter is not None and self.worker is not None
+        share = self._meter.hogging(now)
+        if not self.demoted and share and self.worker.renice(HOG_NICE):
+            self.demoted = True
+            self._audit("demoted", cpu_share=round(share, 2), nice=HOG_NICE)
 
     def _enforce_byte_quotas(self) -> None:
         over = self.quotas.over_bytes()
@@ -295,6 +310,7 @@ class Tclet:
             "cpu": round(usage.cpu, 3) if usage is not None else 0.0,
             "rss": usage.rss if usage is not None else 0,
             "age": round(time.monotonic() - self.launched_at, 3),
+            "demoted": self.demoted,
         }
 
     # ---- output -------------------------------------------------------------------------------

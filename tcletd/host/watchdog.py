@@ -82,11 +82,28 @@ def breach(limit: str, maximum: float, value: float, source: str = "host") -> Br
     return Breach(limit, maximum, value, limit_reason(limit, maximum), status, source)
 
 
+# A CPU hog is a worker that computes without ever sleeping: over the last HOG_WINDOW it used at
+# least HOG_SHARE of a core and its main thread slept (voluntary context switches) fewer than
+# HOG_SLEEPS times a second. The host lowers its scheduling priority to HOG_NICE for the rest of
+# its life, so that on a small machine a spinning tclet cannot delay its neighbours' wake-ups
+# (bench/bench_isolation.py). CPU share alone does not tell a hog: under contention three
+# spinners on two cores get 0.66 each, and a busy I/O-bound tclet can use as much; but an
+# I/O-bound tclet sleeps thousands of times a second, and a spinner (a loop, an `after 0` storm,
+# a memory bomb) not at all.
+HOG_WINDOW = 0.2  # seconds
+HOG_SHARE = 0.3  # of one core, over the window
+HOG_SLEEPS = 20.0  # voluntary context switches per second, at most
+HOG_NICE = 19
+
+
 class Meter:
     """Measures one worker process; quiet once it is gone."""
 
     def __init__(self, pid: int) -> None:
         self.usage = Usage()
+        self._sleeps = 0  # voluntary context switches of the main thread so far
+        # (time, cpu seconds, voluntary switches), oldest first, spanning HOG_WINDOW
+        self._window: list[tuple[float, float, int]] = []
         try:
             self._proc: psutil.Process | None = psutil.Process(pid)
         except psutil.Error:
@@ -98,11 +115,26 @@ class Meter:
                 with self._proc.oneshot():
                     times = self._proc.cpu_times()
                     rss = self._proc.memory_info().rss
+                    self._sleeps = self._proc.num_ctx_switches().voluntary
             except psutil.Error:
                 self._proc = None  # gone (or pid reused): the sentinel will tell the rest
             else:
                 self.usage = Usage(times.user + times.system, rss)
         return self.usage
+
+    def hogging(self, now: float) -> float:
+        """The CPU share over the last window if the worker spun through it, else 0."""
+        self._window.append((now, self.usage.cpu, self._sleeps))
+        while len(self._window) > 1 and now - self._window[1][0] >= HOG_WINDOW:
+            self._window.pop(0)
+        start, cpu, sleeps = self._window[0]
+        span = now - start
+        if span < HOG_WINDOW:
+            return 0.0
+        share = (self.usage.cpu - cpu) / span
+        if share >= HOG_SHARE and (self._sleeps - sleeps) / span < HOG_SLEEPS:
+            return share
+        return 0.0
 
 
 def check_limits(limits: Limits, usage: Usage, age: float) -> Breach | None:
