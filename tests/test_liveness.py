@@ -119,6 +119,7 @@ def test_host_status_fields() -> None:
         "cpu",
         "rss",
         "age",
+        "demoted",
     }
     assert entry["id"] == tclet_id
     assert isinstance(entry["pid"], int) and entry["pid"] != os.getpid()
@@ -130,6 +131,7 @@ def test_host_status_fields() -> None:
     assert 0 < entry["cpu"] < 10  # type: ignore[operator]
     assert 10 * 2**20 < entry["rss"] < 256 * 2**20  # type: ignore[operator]
     assert 0.3 < entry["age"] < 15  # type: ignore[operator]
+    assert entry["demoted"] is False
 
 
 def test_sigusr1_prints_a_status_line(tmp_path: Path) -> None:
