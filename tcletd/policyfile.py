@@ -132,7 +132,7 @@ _PARSERS: dict[str, dict[str, tuple[Callable[[object], float], float]]] = {
         "connects_per_second": (lambda v: _number(v, {"": 1}, "a number per second", "/s"), 1e-9),
         "bytes_sent": (parse_size, 0),
         "bytes_received": (parse_size, 0),
-        "send_rate": (parse_rate, 1),
+        "send_rate": (parse_rate, 0),  # 0: no pacing
         "output_bytes": (parse_size, 0),
     },
     "limits": {
