@@ -36,17 +36,15 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench_sockets import server_process  # the same out-of-process server (bench/ on sys.path)
 
 from tcletd.api import Host
 from tcletd.host.tclet import Tclet
@@ -140,67 +138,6 @@ HOSTILE: dict[str, tuple[str, list[str]]] = {
         ["wall=2s"],
     ),
 }
-
-
-# --------------------------------------------------------------------------------------------
-# The server, run as a separate process: `bench_isolation.py --serve`. A connection that starts
-# with the line ECHO is echoed; any other connection gets nothing, ever (the silent server).
-
-
-def _serve_conn(conn: socket.socket) -> None:
-    with conn:
-        header = b""
-        while not header.endswith(b"\n"):
-            b = conn.recv(1)
-            if not b:
-                return
-            header += b
-        if header == b"ECHO\n":
-            while data := conn.recv(65536):
-                conn.sendall(data)
-        else:
-            while conn.recv(65536):
-                pass
-
-
-def serve() -> int:
-    """Listen on 127.0.0.1:0, print the port, serve until stdin closes (the driver died)."""
-    listener = socket.create_server((HOST, 0), backlog=512)
-    print(listener.getsockname()[1], flush=True)
-
-    def accept_loop() -> None:
-        while True:
-            conn, _ = listener.accept()
-            threading.Thread(target=_serve_conn, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept_loop, daemon=True).start()
-    sys.stdin.read()
-    return 0
-
-
-@contextlib.contextmanager
-def server_process() -> Iterator[int]:
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.strip().isdigit():
-            raise RuntimeError(f"bench server did not start: {line!r}")
-        yield int(line)
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 # --------------------------------------------------------------------------------------------
@@ -497,11 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"last {DEMOTE_WINDOW} s (probes included)",
     )
     ap.add_argument("--json", metavar="FILE", help="also write the raw figures as JSON")
-    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     raw = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(raw)
-    if args.serve:
-        return serve()
     args.rounds = args.rounds or (2 if args.quick else 5)
     args.n = args.n or (2000 if args.quick else 5000)
     args.only = [x for x in args.only.split(",") if x]

@@ -135,7 +135,8 @@ exit 0
 
 
 # --------------------------------------------------------------------------------------
-# The server, run as a separate process: `bench_sockets.py --serve`.
+# The server, run as a separate process: `bench_sockets.py --serve` (bench_isolation uses it
+# too). ECHO echoes, SINK n / SOURCE n move n bytes, any other header gets silence.
 
 
 def _read_header(conn: socket.socket) -> bytes | None:
@@ -177,6 +178,10 @@ def _serve_conn(conn: socket.socket) -> None:
                 conn.sendall(chunk[: min(left, CHUNK)])
                 left -= CHUNK
             conn.shutdown(socket.SHUT_WR)
+            while conn.recv(65536):
+                pass
+        else:
+            # Any other header: the silent server (bench_isolation's blocking-gets target).
             while conn.recv(65536):
                 pass
 
