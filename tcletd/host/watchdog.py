@@ -90,7 +90,7 @@ def breach(limit: str, maximum: float, value: float, source: str = "host") -> Br
 # spinners on two cores get 0.66 each, and a busy I/O-bound tclet can use as much; but an
 # I/O-bound tclet sleeps thousands of times a second, and a spinner (a loop, an `after 0` storm,
 # a memory bomb) not at all.
-HOG_WINDOW = 0.2  # seconds
+HOG_WINDOW = 0.1  # seconds
 HOG_SHARE = 0.3  # of one core, over the window
 HOG_SLEEPS = 20.0  # voluntary context switches per second, at most
 HOG_NICE = 19
