@@ -23,8 +23,9 @@ under 50 ms p99 throughout. Figures are medians over the rounds. The machine has
 two of the hostile tclets burn CPU as fast as they can until their cpu limit, so the probe
 competes with them for a core. The host itself demotes a worker that kept a core busy (CPU
 time, not run-queue time) without sleeping for 0.1 s to nice 19
-(``tcletd.host.watchdog.HOG_*``), which is what the default run measures. ``--nice-hostile`` renices each hostile worker to 10 from this driver
-right after launch (an oracle that knows which tclets are hostile, for comparison);
+(``tcletd.host.watchdog.HOG_*``), which is what the default run measures. ``--nice-hostile``
+renices each hostile worker to 10 from this driver right after launch (an oracle that knows
+which tclets are hostile, for comparison);
 ``--demote-hogs`` is an earlier experiment that renices any worker, probes included, that was
 running *or waiting* for a CPU more than 70% of the last 0.2 s (it catches the probes too).
 """
