@@ -26,9 +26,10 @@ from functools import partial
 from tcletd import protocol as p
 from tcletd.errors import ProtocolViolation, RequestError
 from tcletd.host.audit import AuditLog, TcletRecords
-from tcletd.host.broker import Audit, Broker, FdChannel, shut
+from tcletd.host.broker import Audit, Broker, shut
 from tcletd.host.hub import Hub, Peer
 from tcletd.host.quotas import HostTotals, QuotaRefused, TcletQuotas, output_reason
+from tcletd.host.sockets import SocketTable
 from tcletd.host.supervisor import Supervisor, WorkerProcess
 from tcletd.host.watchdog import (
     HOG_NICE,
@@ -93,25 +94,22 @@ class Tclet:
         self.origin = origin
         self.policy_fixed = policy_fixed
         self._on_out = {"stdout": on_stdout, "stderr": on_stderr}
-        self.sockets: dict[int, socket.socket] = {}
-        self.listeners: dict[int, list[socket.socket]] = {}
         self._audit = TcletRecords(services.audit, self.id, origin.url, lambda: self.policy.name)
         self._overrides = tuple(overrides)
         self.quotas = TcletQuotas(policy.quotas, services.totals)
+        self.sockets = SocketTable(services.loop, self.quotas)
         self.state = TcletState.STARTING
         self.demoted = False  # its worker's priority was lowered for hogging a core
         self.launched_at = time.monotonic()
         self._last_beat = self.launched_at
         self._commands = 0  # the worker's last reported ``info cmdcount`` (display only)
         self._stderr_tail = b""  # the last words of a worker that died (see breach_from_death)
-        self._next_sock = 1
         self._busy = False
         # (reason, status) once the host has decided to end the tclet; the first decision wins.
         self._ended: tuple[str, int] | None = None
         self._eof: dict[str, asyncio.Future[None]] = {}
         self.worker: WorkerProcess | None = None
         self._meter: Meter | None = None
-        self._fds: FdChannel | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._finished: asyncio.Task[TcletResult] | None = None
 
@@ -125,7 +123,7 @@ class Tclet:
         self.s.totals.workers += 1
         self.s.tclets[self.id] = self
         self._meter = Meter(self.worker.pid)
-        self._fds = FdChannel(self.worker.fdsock)
+        self.sockets.attach(self.worker.fdsock)
         for name, sock in (("stdout", self.worker.stdout), ("stderr", self.worker.stderr)):
             self._eof[name] = self.s.loop.create_future()
             self.s.loop.add_reader(sock.fileno(), self._read_output, name, sock)
@@ -224,14 +222,7 @@ class Tclet:
         if self.s.tclets.pop(self.id, None) is not None:
             self.s.totals.workers -= 1
         self.s.hub.unregister(self.id)
-        for sock_id, sock in self.sockets.items():
-            self.quotas.untrack(sock_id)
-            shut(sock)
-        self.sockets.clear()
-        for socks in self.listeners.values():
-            for sock in socks:
-                self._stop_accepting(sock)
-        self.listeners.clear()
+        self.sockets.release()
         self.quotas.free_all()
         for task in self._tasks:
             task.cancel()
@@ -278,10 +269,7 @@ class Tclet:
         self._audit("quota", quota=quota, limit=limit, value=value, action="sockets shut down")
         self.quotas.shut_down()
         # Listening sockets live in the host: stop accepting; the slot stays until the close.
-        for sock_id, socks in self.listeners.items():
-            for sock in socks:
-                self._stop_accepting(sock)
-            self.listeners[sock_id] = []
+        self.sockets.stop_accepting()
         self.s.hub.send(self.id, p.QuotaExceeded(quota=quota, message=self.quotas.revoked))
 
     def _update_liveness(self, now: float) -> None:
@@ -343,7 +331,7 @@ class Tclet:
 
     def _on_message(self, msg: p.WorkerMessage) -> None:
         if isinstance(msg, p.Close):
-            self._close(msg.sock)
+            self.sockets.close(msg.sock)
         elif isinstance(msg, p.Heartbeat):
             self._heartbeat(msg)
         elif isinstance(msg, p.Hello):
@@ -409,7 +397,7 @@ class Tclet:
             except BaseException:
                 self.quotas.free_slot()
                 raise
-            self._hand_over(sock, lambda sock_id: p.Granted(req=msg.req, sock=sock_id))
+            self.sockets.hand_over(sock, lambda sock_id: p.Granted(req=msg.req, sock=sock_id))
             return None
         if isinstance(msg, p.Listen):
             self._admit(msg)
@@ -420,10 +408,7 @@ class Tclet:
             except BaseException:
                 self.quotas.free_slot()
                 raise
-            sock_id = self._new_id()
-            self.listeners[sock_id] = socks
-            for sock in socks:
-                self.s.loop.add_reader(sock.fileno(), self._accept, sock_id, sock)
+            sock_id = self.sockets.listen(socks, self._accept)
             return p.Listening(req=msg.req, sock=sock_id, sockname=sockname)
         return self._request_policy(msg)
 
@@ -461,47 +446,6 @@ class Tclet:
         self._audit("policy", requested=name, decision="granted")
         return p.PolicyGranted(msg.req, name, list(policy.hidden_options))
 
-    def _new_id(self) -> int:
-        sock_id = self._next_sock
-        self._next_sock += 1
-        return sock_id
-
-    def _hand_over(
-        self, sock: socket.socket, message: Callable[[int], p.Granted | p.Accepted]
-    ) -> int:
-        """Give the worker ``sock`` with the message naming it; the host keeps a duplicate."""
-        assert self._fds is not None
-        sock_id = self._new_id()
-        self.quotas.track(sock_id, sock)  # meter and pace before the worker has it
-        try:
-            self._fds.hand_over(message(sock_id), sock)
-        except OSError as exc:
-            self.quotas.untrack(sock_id)
-            shut(sock)
-            raise ProtocolViolation(f"not taking its descriptors ({exc})") from None
-        self.sockets[sock_id] = sock
-        return sock_id
-
-    def _close(self, sock_id: int) -> None:
-        """The tclet closed a socket: count its last bytes and free its slot at once."""
-        sock = self.sockets.pop(sock_id, None)
-        if sock is not None:
-            self.quotas.untrack(sock_id)
-            shut(sock)
-            self.quotas.free_slot()
-            return
-        listeners = self.listeners.pop(sock_id, None)
-        if listeners is None:
-            return  # not one of its sockets (or closed already): frees nothing
-        for listener in listeners:
-            self._stop_accepting(listener)
-        self.quotas.free_slot()
-
-    def _stop_accepting(self, sock: socket.socket) -> None:
-        with contextlib.suppress(ValueError, OSError):
-            self.s.loop.remove_reader(sock.fileno())
-        shut(sock)
-
     def _accept(self, listener_id: int, listener: socket.socket) -> None:
         for conn, addr, port in self.s.broker.accept_all(listener):
             decision = self.s.broker.check_peer(self.policy, self.origin, addr, port)
@@ -517,7 +461,7 @@ class Tclet:
                 shut(conn)
                 continue
             try:
-                self._hand_over(
+                self.sockets.hand_over(
                     conn, partial(p.Accepted, listener_id, peer_host=addr, peer_port=port)
                 )
             except ProtocolViolation as exc:
