@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -43,6 +44,29 @@ def run_tcletd(
             f"tcletd {' '.join(args)} ran past {timeout}s\nstdout: {out!r}\nstderr: {err!r}"
         ) from None
     return Ran(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+@contextlib.contextmanager
+def tcletd_process(
+    args: Sequence[str], *, stderr: int = subprocess.PIPE
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A running ``python -m tcletd ARGS`` in a session of its own, for tests that talk to it or
+    signal it; whatever is left of it (the host, its fork server, its workers) is killed by the
+    process group's id on the way out."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tcletd", *args],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
 
 
 def run_tclet(

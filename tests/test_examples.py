@@ -2,61 +2,39 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 import re
-import signal
 import socket
 import subprocess
-import sys
+from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import ROOT, run_tcletd
+from tests.conftest import ROOT, run_tcletd, tcletd_process
 from tests.netutil import HttpServer
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def _start_server(example: str, *argv: str) -> tuple[subprocess.Popen[bytes], int]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tcletd",
-            "run",
-            "--policy",
-            "trusted",
-            str(ROOT / "examples" / example),
-            "--",
-            *argv,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None
-    first = proc.stdout.readline().decode()
-    match = re.search(r"port (\d+)", first)
-    if match is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise AssertionError(f"no port in {first!r}; stderr {proc.stderr.read()!r}")  # type: ignore[union-attr]
-    return proc, int(match.group(1))
+@contextlib.contextmanager
+def _server(example: str, *argv: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """An example server under ``--policy trusted`` and the port it printed first."""
+    args = ["run", "--policy", "trusted", str(ROOT / "examples" / example), "--", *argv]
+    with tcletd_process(args) as proc:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().decode()
+        match = re.search(r"port (\d+)", first)
+        assert match is not None, f"no port in {first!r}"
+        yield proc, int(match.group(1))
 
 
 def _finish(proc: subprocess.Popen[bytes]) -> tuple[int, str]:
-    try:
-        out, _err = proc.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
+    out, _err = proc.communicate(timeout=20)
     return proc.returncode, out.decode()
 
 
 def test_echo_server_and_client() -> None:
-    server, port = _start_server("echo_server.tcl", "0", "1")
-    try:
+    with _server("echo_server.tcl", "0", "1") as (server, port):
         client = run_tcletd(
             [
                 "run",
@@ -71,7 +49,6 @@ def test_echo_server_and_client() -> None:
         )
         assert client.status == 0, client.stderr
         assert "got:  my own line" in client.stdout
-    finally:
         status, out = _finish(server)
     assert status == 0
     assert "client from 127.0.0.1" in out
@@ -94,15 +71,13 @@ def test_echo_client_from_another_origin_is_refused() -> None:
 
 
 def test_hi_and_bye_serves_clients_then_exits() -> None:
-    server, port = _start_server("hi_and_bye.tcl", "0", "2")
-    try:
+    with _server("hi_and_bye.tcl", "0", "2") as (server, port):
         for _ in range(2):
             with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
                 data = b""
                 while chunk := conn.recv(100):
                     data += chunk
             assert data.replace(b"\r\n", b"\n") == b"Hi\nBye!\n"
-    finally:
         status, out = _finish(server)
     assert status == 0
     assert "said hi and bye to client 2 of 2" in out

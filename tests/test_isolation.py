@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from tcletd.api import Host
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tcletd_process
 from tests.netutil import TcpServer, echo_handler
 
 pytestmark = pytest.mark.timeout(60)
@@ -110,14 +110,9 @@ def test_worker_imports_nothing_from_host() -> None:
 def test_no_orphans_when_host_is_killed(tmp_path) -> None:
     script = tmp_path / "sleepy.tcl"
     script.write_text("puts ready; flush stdout; after 60000 {exit 0}\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tcletd", "run", "--policy", "trusted", str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        cwd=ROOT,
-        start_new_session=True,
-    )
-    try:
+    with tcletd_process(
+        ["run", "--policy", "trusted", str(script)], stderr=subprocess.DEVNULL
+    ) as proc:
         assert proc.stdout is not None
         assert proc.stdout.readline() == b"ready\n"
         descendants = psutil.Process(proc.pid).children(recursive=True)
@@ -130,7 +125,3 @@ def test_no_orphans_when_host_is_killed(tmp_path) -> None:
             alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
             time.sleep(0.05)
         assert alive == [], f"left behind: {alive}"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()

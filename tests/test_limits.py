@@ -9,14 +9,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import tcletd_process
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -117,22 +115,11 @@ def test_sigterm_to_tcletd_ends_the_tclet_with_143(tmp_path: Path) -> None:
     script = tmp_path / "sleepy.tcl"
     script.write_text("puts ready; flush stdout; after 20000 {exit 0}\n")
     audit = tmp_path / "audit.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tcletd", "run", "--audit", str(audit), str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-        start_new_session=True,
-    )
-    try:
+    with tcletd_process(["run", "--audit", str(audit), str(script)]) as proc:
         assert proc.stdout is not None
         assert proc.stdout.readline() == b"ready\n"
         os.kill(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert proc.returncode == 143
     assert err.decode().endswith("tcletd: tclet ended: tcletd got SIGTERM\n")
     records = _audit(audit)

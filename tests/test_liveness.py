@@ -11,8 +11,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ import pytest
 
 from tcletd.api import Host
 from tcletd.states import BUSY_AFTER
-from tests.conftest import ROOT
+from tests.conftest import tcletd_process
 from tests.netutil import TcpServer, echo_handler
 
 pytestmark = pytest.mark.timeout(60)
@@ -137,24 +135,13 @@ def test_host_status_fields() -> None:
 def test_sigusr1_prints_a_status_line(tmp_path: Path) -> None:
     script = tmp_path / "sleepy.tcl"
     script.write_text("puts ready; flush stdout; after 20000 {exit 0}\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tcletd", "run", str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-        start_new_session=True,
-    )
-    try:
+    with tcletd_process(["run", str(script)]) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         assert proc.stdout.readline() == b"ready\n"
         os.kill(proc.pid, signal.SIGUSR1)
         line = proc.stderr.readline().decode()
         os.kill(proc.pid, signal.SIGTERM)
         _, rest = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert line.startswith("tcletd: tclet "), line
     for word in (" policy home ", " state ", " sockets 0 ", " sent 0 B ", " cpu ", " rss "):
         assert word in line, line
