@@ -155,6 +155,11 @@ def doctor(*, verbose: bool) -> int:
         else:
             print(f"channels: reflected-channel fallback ({detail}); half-close unavailable")
         print(f"send_rate: {_pacing_support()}")
+        from tcletd.worker import sandbox
+
+        # A sample sandbox applied in a forked child, with what the kernel then reports.
+        for line in sandbox.selftest():
+            print(f"sandbox: {line}")
     return 0
 
 

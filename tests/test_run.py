@@ -110,3 +110,14 @@ def test_example_hello_runs_from_readme() -> None:
     ran = run_tcletd(["run", str(ROOT / "examples" / "hello.tcl")])
     assert ran.status == 0, ran.stderr
     assert ran.stdout.strip()
+
+
+def test_doctor_reports_tcl_channels_and_sandbox() -> None:
+    ran = run_tcletd(["doctor"])
+    assert ran.status == 0, ran.stderr
+    lines = ran.stdout.splitlines()
+    assert lines[0].startswith("tcletd ")
+    assert any(line.startswith("Tcl 8.") for line in lines)
+    assert any(line.startswith("channels: native Tcl sockets") for line in lines)
+    assert "sandbox: kernel core: soft=0 hard=0" in lines
+    assert "sandbox: kernel fsize: soft=0 hard=0" in lines
