@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -216,7 +217,7 @@ class Tclet:
             self._set_state(TcletState.ENDING)
         self._audit("violation", detail=why)
         if self.worker is not None:
-            self.worker.signal(9)
+            self.worker.signal(signal.SIGKILL)
 
     def release(self) -> None:
         if self.s.tclets.pop(self.id, None) is not None:
@@ -256,8 +257,10 @@ class Tclet:
 
     def _demote_if_hog(self, now: float) -> None:
         assert self._meter is not None and self.worker is not None
+        if self.demoted:
+            return  # for life: no need to keep sampling its window
         share = self._meter.hogging(now)
-        if not self.demoted and share and self.worker.renice(HOG_NICE):
+        if share and self.worker.renice(HOG_NICE):
             self.demoted = True
             self._audit("demoted", cpu_share=round(share, 2), nice=HOG_NICE)
 
