@@ -90,3 +90,25 @@ def test_decoder_raises_only_decode_errors(data: bytes) -> None:
 )
 def test_messages_round_trip(msg: p.Connect) -> None:
     assert p.WORKER_DECODER.decode(p.encode(msg)) == msg
+
+
+def test_a_malformed_frame_ends_that_worker_and_the_host_goes_on() -> None:
+    from tcletd.api import Host
+
+    quiet = {"on_stdout": lambda _b: None, "on_stderr": lambda _b: None}
+
+    async def scenario() -> tuple[object, object]:
+        async with Host() as host:
+            victim = host.launch("after 20000 {exit 0}", policy="trusted", **quiet)
+            await asyncio.sleep(0.5)  # past its hello
+            assert host._services is not None
+            # Through the hub's own path: frames as the ROUTER delivers them from that worker.
+            host._services.hub._deliver([victim.id.encode(), b"\xc1 not msgpack"])
+            ended = await asyncio.wait_for(victim.wait(), 5)
+            after = await host.run_tclet("puts ok", policy="trusted", **quiet)
+            return ended, after
+
+    ended, after = asyncio.run(scenario())
+    assert ended.status == 137  # type: ignore[attr-defined]
+    assert ended.reason.startswith("protocol violation: undecodable message")  # type: ignore[attr-defined]
+    assert (after.status, after.reason) == (0, "exit")  # type: ignore[attr-defined]
