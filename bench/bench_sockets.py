@@ -202,28 +202,42 @@ def serve() -> int:
 
 
 @contextlib.contextmanager
-def server_process() -> Iterator[int]:
+def background(cmd: Sequence[str], *, ready_on_stderr: bool = False) -> Iterator[str]:
+    """A helper process in a session of its own, and the first line it prints (it is ready).
+
+    On the way out it is asked to stop (stdin closed, SIGTERM), then killed by its group's id.
+    """
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve"],
+        list(cmd),
         stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL if ready_on_stderr else subprocess.PIPE,
+        stderr=subprocess.PIPE if ready_on_stderr else None,
         text=True,
         start_new_session=True,
     )
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.strip().isdigit():
-            raise RuntimeError(f"bench server did not start: {line!r}")
-        yield int(line)
+        stream = proc.stderr if ready_on_stderr else proc.stdout
+        assert stream is not None
+        yield stream.readline()
     finally:
         assert proc.stdin is not None
         proc.stdin.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=5)
+            proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@contextlib.contextmanager
+def server_process() -> Iterator[int]:
+    """The bench server (``--serve``) in its own process; its port."""
+    with background([sys.executable, __file__, "--serve"]) as line:
+        if not line.strip().isdigit():
+            raise RuntimeError(f"bench server did not start: {line!r}")
+        yield int(line)
 
 
 # --------------------------------------------------------------------------------------
@@ -240,15 +254,35 @@ class Runtime:
         return [*self.prefix, str(script), *self.separator, *argv]
 
 
-def runtimes(tclsh: str, include_tcletd: bool) -> list[Runtime]:
+def tcletd_command() -> list[str]:
+    """The installed ``tcletd`` script, as users run it (else ``python -m tcletd``)."""
+    script = Path(sys.executable).parent / "tcletd"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "tcletd"]
+
+
+def runtimes(tclsh: str, include_tcletd: bool, resident: str | None) -> list[Runtime]:
+    """tclsh; ``tcletd run`` on an embedded host; ``tcletd run --host`` on a resident one."""
     out = [Runtime("tclsh", [tclsh], [])]
     if include_tcletd:
         # The connect figure opens 200 sockets as fast as it can: lift trusted's connects/s
         # quota (100) for it; the benchmark measures the mediation, not the quota.
-        command = [sys.executable, "-m", "tcletd", "run", "--policy", "trusted"]
-        command += ["--limit", "connects_per_second=100000"]
-        out.append(Runtime("tcletd", command, ["--"]))
+        options = ["--policy", "trusted", "--limit", "connects_per_second=100000"]
+        out.append(Runtime("tcletd", [*tcletd_command(), "run", *options], ["--"]))
+        if resident is not None:
+            command = [*tcletd_command(), "run", "--host", resident, *options]
+            out.append(Runtime("resident", command, ["--"]))
     return out
+
+
+@contextlib.contextmanager
+def resident_host(run_dir: Path) -> Iterator[str]:
+    """A ``tcletd serve`` for the resident runtime; its control socket's path."""
+    sock = run_dir / "control.sock"
+    command = [*tcletd_command(), "serve", "--socket", str(sock)]
+    with background(command, ready_on_stderr=True) as line:
+        if not line.startswith("tcletd: serving on"):
+            raise RuntimeError(f"tcletd serve did not start: {line!r}")
+        yield str(sock)
 
 
 @dataclass
@@ -354,7 +388,9 @@ def fmt(v: float | None) -> str:
 
 
 def report(metrics: dict[str, Metric], names: Sequence[str]) -> None:
-    cols = [*names, "ratio" if len(names) == 2 else ""]
+    """One row per figure: each runtime's median, then tcletd / tclsh."""
+    ratio = len(names) >= 2
+    cols = [*names, "ratio" if ratio else ""]
     print()
     head = f"{'figure':<34} {'unit':<7}" + "".join(f"{c:>10}" for c in cols) + "  target"
     print(head)
@@ -362,10 +398,9 @@ def report(metrics: dict[str, Metric], names: Sequence[str]) -> None:
     for m in metrics.values():
         meds = [m.median(n) for n in names]
         row = f"{m.label:<34} {m.unit:<7}" + "".join(f"{fmt(v):>10}" for v in meds)
-        if len(names) == 2:
-            a, b = meds
-            ratio = f"{b / a:.3f}" if a and b is not None else "-"
-            row += f"{ratio:>10}"
+        if ratio:
+            a, b = meds[0], meds[1]
+            row += f"{b / a:>10.3f}" if a and b is not None else f"{'-':>10}"
         print(f"{row}  {m.target}")
     print()
     for m in metrics.values():
@@ -376,7 +411,9 @@ def report(metrics: dict[str, Metric], names: Sequence[str]) -> None:
                 print(f"  {m.label} [{n}]: {spread}")
             for why in m.failures.get(n, [])[:2]:
                 print(f"  {m.label} [{n}]: FAILED {why}")
-    print("\nratio = tcletd / tclsh (medians).")
+    print("\nratio = tcletd (embedded host) / tclsh (medians).")
+    if "resident" in names:
+        print("resident = tcletd run --host on a resident host (tcletd serve).")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -384,6 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes, 2 rounds: a smoke run")
     ap.add_argument("--rounds", type=int, default=None, help="rounds (default 5; 2 with --quick)")
     ap.add_argument("--tclsh-only", action="store_true", help="skip tcletd (native figures only)")
+    ap.add_argument(
+        "--no-resident", action="store_true", help="skip tcletd run --host on a tcletd serve"
+    )
     ap.add_argument("--json", metavar="FILE", help="also write the raw figures as JSON")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -401,8 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     hello_runs = 3 if args.quick else 10
     timeout = 120.0
 
-    rts = runtimes(tclsh, include_tcletd=not args.tclsh_only)
-    names = [rt.name for rt in rts]
+    resident = not (args.tclsh_only or args.no_resident)
     mib = bulk // (1024 * 1024)
     metrics = {
         m.key: m
@@ -448,7 +487,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("connect", [str(connects)]),
     ]
 
-    with tempfile.TemporaryDirectory(prefix="bench_sockets.") as tmp, server_process() as port:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_sockets."))
+        port = stack.enter_context(server_process())
+        sock = stack.enter_context(resident_host(Path(tmp))) if resident else None
+        rts = runtimes(tclsh, include_tcletd=not args.tclsh_only, resident=sock)
+        names = [rt.name for rt in rts]
         script = Path(tmp) / "bench_client.tcl"
         script.write_text(CLIENT_TCL, encoding="utf-8")
         print(f"bench_sockets: {rounds} rounds, runtimes {', '.join(names)}, server port {port}")

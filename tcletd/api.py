@@ -151,7 +151,8 @@ class Host:
 
     def status(self) -> list[dict[str, object]]:
         """One dict per running tclet: id, pid, policy, state, sockets, bytes_sent,
-        bytes_received, cpu (seconds), rss (bytes), age (seconds since launch)."""
+        bytes_received, cpu (seconds), rss (bytes), age (seconds since launch), demoted (its
+        priority was lowered for hogging a core), output (stdout and stderr bytes so far)."""
         if self._services is None:
             return []
         return [t.status() for t in list(self._services.tclets.values())]

@@ -9,7 +9,6 @@ prints a status line on stderr.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 import sys
 from collections.abc import Callable
@@ -17,33 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tcletd import __version__
-from tcletd.errors import EXIT_CONFIG, ConfigError, ScriptNotFound, TcletdError
+from tcletd.client import default_origin, embed_args, read_script, status_line
+from tcletd.errors import EXIT_CONFIG, TcletdError
 
 if TYPE_CHECKING:
+    import asyncio
+
     from tcletd.host.tclet import Tclet
-
-
-def _read_script(name: str) -> tuple[str, str]:
-    """The script's text and its name as the tclet's argv0."""
-    if name == "-":
-        return sys.stdin.read(), "-"
-    path = Path(name)
-    try:
-        return path.read_text(encoding="utf-8"), name
-    except FileNotFoundError:
-        raise ScriptNotFound(f"{name}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScriptNotFound(f"{name}: cannot read: {exc}") from None
-
-
-def _embed_args(pairs: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise ConfigError(f"--arg {pair!r}: expected NAME=VALUE")
-        out[name.lower()] = value
-    return out
 
 
 def _check_limits(policy: str | None, limits: list[str]) -> None:
@@ -53,22 +32,6 @@ def _check_limits(policy: str | None, limits: list[str]) -> None:
         from tcletd.policy import load_policy
 
         load_policy(policy or DEFAULT_POLICY).with_overrides(*limits)
-
-
-def status_line(entry: dict[str, object]) -> str:
-    """One tclet's status for people (SIGUSR1)."""
-    from tcletd.policyfile import format_size
-
-    def size(key: str) -> str:
-        value = entry[key]
-        return format_size(value) if isinstance(value, int) else "?"
-
-    return (
-        f"tcletd: tclet {str(entry['id'])[:8]} pid {entry['pid']} policy {entry['policy']}"
-        f" state {entry['state']} sockets {entry['sockets']} sent {size('bytes_sent')}"
-        f" received {size('bytes_received')} cpu {entry['cpu']} s rss {size('rss')}"
-        f" age {entry['age']} s"
-    )
 
 
 async def _take_signals(queue: asyncio.Queue[int], tclet: Tclet, show: Callable[[], None]) -> None:
@@ -83,18 +46,19 @@ async def _take_signals(queue: asyncio.Queue[int], tclet: Tclet, show: Callable[
 
 def run(args: argparse.Namespace) -> int:
     """Run one tclet; the exit status is the tclet's, or the host's status for how it ended it."""
-    script, script_name = _read_script(args.script)
+    script, script_name = read_script(args.script)
     _check_limits(args.policy, args.limit)
     from tcletd.host import forkserver
 
-    # First, so that the fork server's own start-up overlaps the host's imports below.
+    # First, so that the fork server's own start-up overlaps the host's imports below (asyncio
+    # included: this module imports it late for that reason).
     forkserver.start()
+    import asyncio
+
     from tcletd.api import Host
 
-    origin = args.origin
-    if origin is None and script_name != "-":
-        origin = Path(script_name).resolve().as_uri()
-    embed = _embed_args(args.arg)
+    origin = args.origin if args.origin is not None else default_origin(script_name)
+    embed = embed_args(args.arg)
 
     async def main() -> int:
         async with Host(audit=args.audit) as host:
@@ -125,6 +89,46 @@ def run(args: argparse.Namespace) -> int:
             if result.by_host:
                 print(f"tcletd: tclet ended: {result.reason}", file=sys.stderr, flush=True)
             return result.status
+
+    return asyncio.run(main())
+
+
+def serve(args: argparse.Namespace) -> int:
+    """A resident host: clients run tclets on it (``tcletd run --host``) until SIGINT/SIGTERM."""
+    from tcletd.host import forkserver
+
+    forkserver.start()
+    import asyncio
+
+    from tcletd.api import Host
+    from tcletd.host.control import ControlServer
+
+    async def main() -> int:
+        host = Host(
+            audit=args.audit,
+            master=args.master,
+            max_workers=args.max_workers,
+            max_sockets=args.max_sockets,
+        )
+        control = ControlServer(host, Path(args.socket))
+        async with host:
+            await control.start()
+            loop = asyncio.get_running_loop()
+            signals: asyncio.Queue[int] = asyncio.Queue()
+            # Signal handlers only enqueue; this loop takes them in order.
+            for handled in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+                loop.add_signal_handler(handled, signals.put_nowait, handled)
+            print(f"tcletd: serving on {control.path}", file=sys.stderr, flush=True)
+            try:
+                while (signum := await signals.get()) == signal.SIGUSR1:
+                    for entry in host.status():
+                        print(status_line(entry), file=sys.stderr, flush=True)
+            finally:
+                control.stop_accepting()
+            name = signal.Signals(signum).name
+            print(f"tcletd: {name}: ending {len(host.status())} tclet(s)", file=sys.stderr)
+        await control.drain()
+        return 0
 
     return asyncio.run(main())
 

@@ -118,6 +118,7 @@ def test_host_status_fields() -> None:
         "rss",
         "age",
         "demoted",
+        "output",
     }
     assert entry["id"] == tclet_id
     assert isinstance(entry["pid"], int) and entry["pid"] != os.getpid()
@@ -130,6 +131,7 @@ def test_host_status_fields() -> None:
     assert 10 * 2**20 < entry["rss"] < 256 * 2**20  # type: ignore[operator]
     assert 0.3 < entry["age"] < 15  # type: ignore[operator]
     assert entry["demoted"] is False
+    assert entry["output"] == len("ready\n")
 
 
 def test_sigusr1_prints_a_status_line(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from tcletd.errors import RequestError, TcletdError
+from tcletd.errors import EXIT_TEMPFAIL, RequestError, TcletdError
 from tcletd.policyfile import Quotas, format_size
 
 # struct tcp_info offsets (see the module docstring); ask for more than we read.
@@ -63,6 +63,8 @@ class QuotaRefused(RequestError):
 
 class HostFull(TcletdError):
     """Launching a tclet past the host's worker total (``Host(max_workers=...)``)."""
+
+    exit_status = EXIT_TEMPFAIL
 
 
 def sockets_message(limit: int, *, host: bool = False) -> str:

@@ -302,9 +302,23 @@ class Tclet:
             "rss": usage.rss if usage is not None else 0,
             "age": round(time.monotonic() - self.launched_at, 3),
             "demoted": self.demoted,
+            "output": self.quotas.output,
         }
 
     # ---- output -------------------------------------------------------------------------------
+
+    def hold_output(self, held: bool) -> None:
+        """Stop (or go on) reading the worker's output: a sink that cannot keep up pushes back
+        on the worker, whose own writes then block, instead of the host buffering for it."""
+        if self.worker is None or self.s.tclets.get(self.id) is not self:
+            return  # not launched, or released (its output sockets are closed)
+        for name, sock in (("stdout", self.worker.stdout), ("stderr", self.worker.stderr)):
+            if self._eof[name].done():
+                continue
+            if held:
+                self.s.loop.remove_reader(sock.fileno())
+            else:
+                self.s.loop.add_reader(sock.fileno(), self._read_output, name, sock)
 
     def _read_output(self, name: str, sock: socket.socket) -> None:
         try:

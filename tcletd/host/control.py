@@ -1,0 +1,251 @@
+"""The resident host's control endpoint (``tcletd serve``): clients launch, follow and end tclets.
+
+Host side of the trust boundary, facing the operator's clients (:mod:`tcletd.client` is the
+other end and defines the frames). A client is trusted as the operator only once the kernel
+says it runs as the host's own user or root (``SO_PEERCRED``); the socket itself lives in a
+0700 directory. Every frame is still checked: a malformed one gets an error naming the field
+and the connection is closed, and nothing is launched.
+
+One connection runs at most one tclet, and the tclet lives as long as the connection: a client
+that goes away takes its tclet with it (``client went away``), the way a page closed in a
+browser took its tclet. Output is relayed as frames; when a client reads slower than its tclet
+writes, the host stops reading that tclet's output (the worker's writes then block) instead of
+buffering for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tcletd.api import Host
+from tcletd.client import MAX_SCRIPT, FrameError, FrameReader, encode
+from tcletd.errors import EXIT_SOFTWARE, EXIT_USAGE, TcletdError
+from tcletd.host.tclet import Tclet
+from tcletd.states import EXIT_TERMINATED
+
+log = logging.getLogger(__name__)
+
+# Output frames queued for a client before the host stops reading its tclet's output.
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+# Signals a client may pass on; SIGUSR1 asks for a status frame, the others end the tclet.
+ENDING = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+class RequestInvalid(TcletdError):
+    """A control request with a missing or ill-typed field."""
+
+    exit_status = EXIT_USAGE
+
+
+def _field(header: dict[str, Any], key: str, kind: type, default: Any) -> Any:
+    value = header.get(key, default)
+    if value is default:
+        return value
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise RequestInvalid(f"run request: {key}: expected {kind.__name__}")
+    if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+        raise RequestInvalid(f"run request: {key}: expected a list of strings")
+    if isinstance(value, dict) and not all(isinstance(v, str) for v in value.values()):
+        raise RequestInvalid(f"run request: {key}: expected string values")
+    return value
+
+
+def peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
+
+
+class ControlConnection(asyncio.Protocol):
+    """One client: at most one run, status answers, signals passed on to its tclet."""
+
+    def __init__(self, host: Host, done: Callable[[ControlConnection], None]) -> None:
+        self._host = host
+        self._done = done
+        self._reader = FrameReader(MAX_SCRIPT)
+        self._transport: asyncio.Transport | None = None
+        self.tclet: Tclet | None = None
+        self.follow: asyncio.Task[None] | None = None
+
+    # ---- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+        sock = transport.get_extra_info("socket")
+        uid = peer_uid(sock)
+        if uid not in (os.getuid(), 0):
+            self._fail(f"permission denied: uid {uid} is not this host's user", EXIT_USAGE)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            for header, payload in self._reader.feed(data):
+                self._take(header, payload)
+        except TcletdError as exc:
+            self._fail(str(exc), exc.exit_status if self.tclet is None else EXIT_SOFTWARE)
+        except Exception as exc:  # the host goes on; the client learns it failed
+            log.exception("control request failed")
+            self._fail(f"internal error: {exc}", EXIT_SOFTWARE)
+
+    def pause_writing(self) -> None:
+        if self.tclet is not None:
+            self.tclet.hold_output(True)
+
+    def resume_writing(self) -> None:
+        if self.tclet is not None:
+            self.tclet.hold_output(False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.tclet is not None and self.follow is not None and not self.follow.done():
+            self._spawn_end("client went away", EXIT_TERMINATED)
+        self._transport = None
+        self._done(self)
+
+    # ---- requests -----------------------------------------------------------------------------
+
+    def _take(self, header: dict[str, Any], payload: bytes) -> None:
+        op = header.get("op")
+        if op == "run":
+            self._run(header, payload)
+        elif op == "status":
+            self._send({"event": "status", "tclets": self._host.status()})
+        elif op == "signal":
+            self._signal(header.get("signum"))
+        else:
+            raise FrameError(f"unknown op {op!r} (expected run, status or signal)")
+
+    def _run(self, header: dict[str, Any], payload: bytes) -> None:
+        if self.tclet is not None:
+            raise FrameError("one run per connection")
+        try:
+            script = payload.decode()
+        except UnicodeDecodeError as exc:
+            raise RequestInvalid(f"run request: script: not UTF-8 ({exc.reason})") from None
+        self.tclet = self._host.launch(
+            script,
+            script_name=_field(header, "script_name", str, "tclet.tcl"),
+            policy=_field(header, "policy", str, None),
+            origin=_field(header, "origin", str, None),
+            argv=_field(header, "argv", list, []),
+            embed_args=_field(header, "embed_args", dict, {}),
+            limits=_field(header, "limits", list, []),
+            on_stdout=self._output("stdout"),
+            on_stderr=self._output("stderr"),
+        )
+        pid = self.tclet.worker.pid if self.tclet.worker is not None else None
+        self._send({"event": "started", "id": self.tclet.id, "pid": pid})
+        self.follow = asyncio.get_running_loop().create_task(self._follow(self.tclet))
+
+    async def _follow(self, tclet: Tclet) -> None:
+        result = await tclet.wait()
+        self._send(
+            {
+                "event": "exit",
+                "status": result.status,
+                "reason": result.reason,
+                "by_host": result.by_host,
+            }
+        )
+        if self._transport is not None:
+            self._transport.close()
+
+    def _signal(self, signum: object) -> None:
+        if self.tclet is None:
+            raise FrameError("signal: no tclet is running on this connection")
+        if signum == signal.SIGUSR1:
+            self._send({"event": "status", "tclets": [self.tclet.status()]})
+        elif signum in ENDING:
+            assert isinstance(signum, int)
+            self._spawn_end(f"tcletd got {signal.Signals(signum).name}", 128 + signum)
+        else:
+            raise FrameError(f"signal: {signum!r} is not one a client may pass on")
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def _output(self, event: str) -> Callable[[bytes], None]:
+        def sink(data: bytes) -> None:
+            self._send({"event": event}, data)
+
+        return sink
+
+    def _send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(encode(header, payload))
+
+    def _fail(self, message: str, status: int) -> None:
+        """Tell the client what was wrong and hang up; a running tclet ends with the link."""
+        self._send({"event": "error", "message": message, "status": status})
+        if self._transport is not None:
+            self._transport.close()
+
+    def _spawn_end(self, reason: str, status: int) -> None:
+        assert self.tclet is not None
+        task = asyncio.get_running_loop().create_task(self.tclet.end(reason, status))
+        _ENDING.add(task)
+        task.add_done_callback(_ENDING.discard)
+
+
+_ENDING: set[asyncio.Task[None]] = set()  # strong references to end tasks until they finish
+
+
+class ControlServer:
+    """The Unix socket ``tcletd serve`` listens on, and the connections it has."""
+
+    def __init__(self, host: Host, path: Path) -> None:
+        self.host = host
+        self.path = path
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[ControlConnection] = set()
+
+    async def start(self) -> None:
+        _claim(self.path)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(self._connection, str(self.path))
+        self.path.chmod(0o600)
+
+    def _connection(self) -> ControlConnection:
+        conn = ControlConnection(self.host, self._connections.discard)
+        self._connections.add(conn)
+        return conn
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def drain(self, timeout: float = 2.0) -> None:
+        """Let every client see its tclet's exit (after the host has ended them)."""
+        follows = [c.follow for c in list(self._connections) if c.follow is not None]
+        if follows:
+            await asyncio.wait(follows, timeout=timeout)
+
+
+def _claim(path: Path) -> None:
+    """Make the socket's directory (0700) and take the path, unless a host answers there."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.parent.stat()
+    # A directory others may write to without the sticky bit lets them swap our socket.
+    if info.st_uid not in (os.getuid(), 0) or (info.st_mode & 0o022 and not info.st_mode & 0o1000):
+        raise TcletdError(f"{path.parent}: others can replace files there; use a private directory")
+    if path.exists() or path.is_symlink():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # stale: its host is gone
+        else:
+            raise TcletdError(f"{path}: a tcletd host is already serving there")
+        finally:
+            probe.close()

@@ -1,0 +1,310 @@
+"""A resident host (``tcletd serve``) and its clients (``tcletd run --host``, ``tcletd status``).
+
+Every test talks to a real ``tcletd serve`` process over its real Unix control socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tcletd.client import FrameReader, encode
+from tests.conftest import ROOT, run_tcletd, tcletd_process
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Served:
+    def __init__(self, proc: subprocess.Popen[bytes], sock: Path, audit: Path) -> None:
+        self.proc = proc
+        self.sock = sock
+        self.audit = audit
+
+    def run(self, *args: str, stdin: str | None = None, timeout: float = 20.0) -> object:
+        return run_tcletd(["run", "--host", str(self.sock), *args], stdin=stdin, timeout=timeout)
+
+    def records(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.audit.read_text().splitlines()]
+
+
+def _wait_serving(proc: subprocess.Popen[bytes]) -> str:
+    assert proc.stderr is not None
+    line = proc.stderr.readline().decode()
+    assert line.startswith("tcletd: serving on "), line
+    return line
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    sock = tmp_path / "run" / "control.sock"
+    audit = tmp_path / "audit.jsonl"
+    with tcletd_process(["serve", "--socket", str(sock), "--audit", str(audit)]) as proc:
+        _wait_serving(proc)
+        yield Served(proc, sock, audit)
+
+
+def _raw(sock: Path, *frames: bytes, until: str = "") -> list[dict[str, object]]:
+    """Send frames on a raw connection; the host's frames until it hangs up (or ``until``)."""
+    got: list[dict[str, object]] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(15)
+        conn.connect(str(sock))
+        for frame in frames:
+            conn.sendall(frame)
+        reader = FrameReader(1 << 24)
+        while data := conn.recv(65536):
+            for header, _ in reader.feed(data):
+                got.append(header)
+                if header.get("event") == until:
+                    return got
+    return got
+
+
+@contextlib.contextmanager
+def _client(served: Served, script: Path, stderr: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A ``tcletd run --host`` client in a session of its own, killed by PID on the way out."""
+    client = subprocess.Popen(
+        [sys.executable, "-m", "tcletd", "run", "--host", str(served.sock), str(script)],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        start_new_session=True,
+    )
+    try:
+        yield client
+    finally:
+        if client.poll() is None:
+            client.kill()
+        client.communicate()
+
+
+def _status(served: Served) -> list[dict[str, object]]:
+    (answer,) = _raw(served.sock, encode({"op": "status"}), until="status")
+    tclets = answer["tclets"]
+    assert isinstance(tclets, list)
+    return tclets
+
+
+def _wait(predicate: object, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_a_run_on_the_resident_host_matches_the_embedded_one(served: Served) -> None:
+    script = str(ROOT / "examples" / "hello.tcl")
+    remote = served.run(script, "--", "a b", "c")
+    local = run_tcletd(["run", script, "--", "a b", "c"])
+    assert (remote.status, remote.stdout, remote.stderr) == (  # type: ignore[attr-defined]
+        local.status,
+        local.stdout,
+        local.stderr,
+    )
+    assert "Hello from a tclet!" in local.stdout
+    launches = [r for r in served.records() if r["event"] == "launch"]
+    assert len(launches) == 1 and launches[0]["origin"] == Path(script).as_uri()
+
+
+def test_exit_status_stdin_stderr_and_embed_args(served: Served) -> None:
+    ran = served.run(
+        "--arg",
+        "Color=red",
+        "-",
+        stdin='puts "c=$embed_args(color)"; puts stderr oops; exit 3',
+    )
+    assert ran.status == 3  # type: ignore[attr-defined]
+    assert ran.stdout == "c=red\n"  # type: ignore[attr-defined]
+    assert ran.stderr == "oops\n"  # type: ignore[attr-defined]
+
+
+def test_bad_requests_say_what_was_wrong_and_launch_nothing(served: Served) -> None:
+    hello = str(ROOT / "examples" / "hello.tcl")
+    unknown = served.run("--policy", "nope", hello)
+    assert unknown.status == 2  # type: ignore[attr-defined]
+    assert 'unknown policy "nope"' in unknown.stderr  # type: ignore[attr-defined]
+    bad_limit = served.run("--limit", "cpu=zz", hello)
+    assert bad_limit.status == 2  # type: ignore[attr-defined]
+    assert "limits.cpu" in bad_limit.stderr  # type: ignore[attr-defined]
+    audit = served.run("--audit", "/tmp/x.jsonl", hello)
+    assert audit.status == 2 and "--audit" in audit.stderr  # type: ignore[attr-defined]
+    missing = served.run("/nonexistent/x.tcl")
+    assert missing.status == 66  # type: ignore[attr-defined]
+    assert not [r for r in served.records() if r["event"] == "launch"]
+    assert _status(served) == []
+
+
+def test_malformed_frames_get_an_error_and_the_host_goes_on(served: Served) -> None:
+    cases = [
+        (b"not json\n", "not JSON"),
+        (b"[1, 2]\n", "not a JSON object"),
+        (b'{"op": "run", "size": -1}\n', "frame size"),
+        (b'{"op": "run", "size": "9"}\n', "frame size"),
+        (b'{"op": "launch"}\n', "unknown op 'launch'"),
+        (encode({"op": "run", "argv": "a b"}, b"puts hi"), "argv: expected list"),
+        (encode({"op": "run", "argv": [1]}, b"puts hi"), "argv: expected a list of strings"),
+        (encode({"op": "run", "embed_args": {"a": 1}}, b"puts hi"), "embed_args"),
+        (encode({"op": "run", "policy": 7}, b"puts hi"), "policy: expected str"),
+        (encode({"op": "run"}, b"\xff\xfe"), "script: not UTF-8"),
+        (encode({"op": "signal", "signum": 2}), "no tclet is running"),
+        (b"x" * (64 * 1024 + 2), "frame header longer than"),
+    ]
+    for frame, expected in cases:
+        got = _raw(served.sock, frame)
+        assert got and got[-1]["event"] == "error", (frame[:40], got)
+        assert expected in str(got[-1]["message"]), (expected, got)
+    assert not [r for r in served.records() if r["event"] == "launch"]
+    ok = served.run("-", stdin="puts still-serving")
+    assert (ok.status, ok.stdout) == (0, "still-serving\n")  # type: ignore[attr-defined]
+    assert served.proc.poll() is None
+
+
+def test_a_signal_to_the_client_ends_its_tclet_as_the_embedded_host_would(
+    served: Served, tmp_path: Path
+) -> None:
+    script = tmp_path / "sleepy.tcl"
+    script.write_text("puts ready; flush stdout; after 30000 {exit 0}\n")
+    with _client(served, script, subprocess.PIPE) as client:
+        assert client.stdout is not None and client.stderr is not None
+        assert client.stdout.readline() == b"ready\n"
+        client.send_signal(signal.SIGUSR1)
+        line = client.stderr.readline().decode()
+        assert line.startswith("tcletd: tclet ") and " policy home " in line, line
+        client.send_signal(signal.SIGTERM)
+        _, rest = client.communicate(timeout=10)
+    assert client.returncode == 143
+    assert rest.decode() == "tcletd: tclet ended: tcletd got SIGTERM\n"
+
+
+def test_a_client_that_goes_away_takes_its_tclet_with_it(served: Served, tmp_path: Path) -> None:
+    script = tmp_path / "sleepy.tcl"
+    script.write_text("puts ready; flush stdout; after 30000 {exit 0}\n")
+    with _client(served, script, subprocess.DEVNULL) as client:
+        assert client.stdout is not None
+        assert client.stdout.readline() == b"ready\n"
+        (entry,) = _status(served)
+        pid = entry["pid"]
+        assert isinstance(pid, int) and psutil.pid_exists(pid)
+        client.kill()  # SIGKILL: the client says nothing, its connection just closes
+        client.wait(timeout=10)
+    _wait(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie")
+    _wait(lambda: _status(served) == [])
+    exits = [r for r in served.records() if r["event"] == "exit"]
+    assert exits and exits[-1]["reason"] == "client went away", exits
+
+
+def test_a_client_that_stops_reading_pushes_back_on_its_tclet(served: Served) -> None:
+    """The host stops reading the tclet's output instead of buffering it for a stalled client:
+    its output count stops growing while the tclet could write without end."""
+    flood = encode(
+        {"op": "run", "policy": "trusted", "limits": ["output_bytes=1GiB"]},
+        b"set line [string repeat x 999]\nwhile 1 {puts $line}\n",
+    )
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        conn.connect(str(served.sock))
+        conn.sendall(flood)
+        time.sleep(1.5)  # not reading: unpaced, the tclet writes hundreds of MiB in this time
+        (before,) = _status(served)
+        time.sleep(1.0)
+        (after,) = _status(served)
+        assert conn.recv(65536)  # its output was on its way: the stall is the client's
+    assert isinstance(before["output"], int) and before["output"] < 8 * 2**20, before
+    assert after["output"] == before["output"], (before, after)
+    assert after["state"] == "busy", after  # its writes block; its event loop stopped beating
+    _wait(lambda: _status(served) == [])  # and it ends with its client
+
+
+def test_stopping_the_host_ends_its_tclets_and_tells_their_clients(tmp_path: Path) -> None:
+    sock = tmp_path / "control.sock"
+    with tcletd_process(["serve", "--socket", str(sock)]) as server:
+        _wait_serving(server)
+        script = tmp_path / "forever.tcl"
+        script.write_text("puts ready; flush stdout; vwait forever\n")
+        client = subprocess.Popen(
+            [sys.executable, "-m", "tcletd", "run", "--host", str(sock), str(script)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            assert client.stdout is not None
+            assert client.stdout.readline() == b"ready\n"
+            server.send_signal(signal.SIGTERM)
+            _, err = client.communicate(timeout=10)
+            assert server.wait(timeout=10) == 0
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.communicate()
+    assert client.returncode == 143
+    assert err.decode() == "tcletd: tclet ended: host closing\n"
+    assert not sock.exists()
+
+
+def test_one_host_per_socket_and_a_stale_socket_is_taken_over(tmp_path: Path) -> None:
+    sock = tmp_path / "control.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(sock))
+    stale.close()  # the file stays, nobody listens: a host that died
+    with tcletd_process(["serve", "--socket", str(sock)]) as first:
+        _wait_serving(first)
+        second = run_tcletd(["serve", "--socket", str(sock)], timeout=20)
+        assert second.status != 0
+        assert "already serving there" in second.stderr
+        assert first.poll() is None
+
+
+def test_no_host_there_is_a_clear_error() -> None:
+    ran = run_tcletd(["run", "--host", "/nonexistent/tcletd.sock", "examples/hello.tcl"])
+    assert ran.status == 69
+    assert "cannot reach a tcletd host at /nonexistent/tcletd.sock" in ran.stderr
+    status = run_tcletd(["status", "--host", "/nonexistent/tcletd.sock"])
+    assert status.status == 69
+
+
+@pytest.mark.skipif(
+    os.getuid() != 0 or not os.access("/usr/bin/python3", os.X_OK),
+    reason="needs root to act as another user, and a Python that user can run",
+)
+def test_another_user_is_refused_by_its_credentials() -> None:
+    run_dir = Path(tempfile.mkdtemp(prefix="tcletd-test-"))
+    try:
+        sock = run_dir / "control.sock"
+        with tcletd_process(["serve", "--socket", str(sock)]) as server:
+            _wait_serving(server)
+            # Open the way on the file system, so that only SO_PEERCRED stands between them.
+            run_dir.chmod(0o755)
+            sock.chmod(0o666)
+            probe = (
+                "import socket, sys\n"
+                "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect(sys.argv[1])\n"
+                's.sendall(b\'{"op":"status"}\\n\'); print(s.recv(4096).decode())\n'
+            )
+            ran = subprocess.run(
+                ["/usr/bin/python3", "-c", probe, str(sock)],
+                user=65534,
+                capture_output=True,
+                timeout=20,
+                cwd="/",
+            )
+            mine = _raw(sock, encode({"op": "status"}), until="status")
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    assert b"permission denied: uid 65534" in ran.stdout, ran
+    assert b'"tclets"' not in ran.stdout
+    assert mine == [{"event": "status", "tclets": []}]
