@@ -27,7 +27,7 @@ from functools import partial
 from tcletd import protocol as p
 from tcletd.errors import ProtocolViolation, RequestError
 from tcletd.host.audit import AuditLog, TcletRecords
-from tcletd.host.broker import Audit, Broker, shut
+from tcletd.host.broker import Audit, Broker, shut, start_eagerly
 from tcletd.host.hub import Hub, Peer
 from tcletd.host.quotas import HostTotals, QuotaRefused, TcletQuotas, output_reason
 from tcletd.host.sockets import SocketTable
@@ -234,9 +234,10 @@ class Tclet:
             self.s.supervisor.forget(self.worker)
 
     def _spawn(self, coro: Coroutine[None, None, None]) -> None:
-        task = self.s.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task = start_eagerly(self.s.loop, coro)
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     # ---- watchdog -----------------------------------------------------------------------------
 
@@ -362,9 +363,7 @@ class Tclet:
                 self.violation("a second request while one is in flight")
                 return
             self._busy = True
-            task = self.s.loop.create_task(self._answer(msg))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._answer(msg))
 
     def _heartbeat(self, msg: p.Heartbeat) -> None:
         if msg.state not in (TcletState.SCRIPT.value, TcletState.IDLE.value):
