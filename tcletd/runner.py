@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 def _check_limits(policy: str | None, limits: list[str]) -> None:
-    """Fail fast (exit 2, naming the key) on a bad ``--limit``, before any process starts."""
+    """Fail fast (exit 2, naming the key) on a bad ``--limit``, before any tclet starts."""
     if limits:
         from tcletd.api import DEFAULT_POLICY
         from tcletd.policy import load_policy
@@ -47,12 +47,13 @@ async def _take_signals(queue: asyncio.Queue[int], tclet: Tclet, show: Callable[
 def run(args: argparse.Namespace) -> int:
     """Run one tclet; the exit status is the tclet's, or the host's status for how it ended it."""
     script, script_name = read_script(args.script)
-    _check_limits(args.policy, args.limit)
     from tcletd.host import forkserver
 
     # First, so that the fork server's own start-up overlaps the host's imports below (asyncio
-    # included: this module imports it late for that reason).
+    # and the policy engine included: this module imports them late for that reason). A bad
+    # --limit still fails before any tclet starts; the fork server goes when we exit.
     forkserver.start()
+    _check_limits(args.policy, args.limit)
     import asyncio
 
     from tcletd.api import Host
