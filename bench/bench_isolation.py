@@ -387,6 +387,18 @@ def report(
         for group in (alone, attack)
         for key in ("ctl_denied_p99", "ctl_connect_p99")
     )
+    # Each round runs alone and under attack back to back: the per-round ratios show how much
+    # of the figure above is the machine drifting between rounds rather than the attack.
+    paired = sorted(
+        b.figures()["echo_p99"] / a.figures()["echo_p99"]
+        for a, b in zip(alone, attack, strict=True)
+        if a.figures()["echo_p99"]
+    )
+    if paired:
+        print(
+            f"echo p99 attack/alone, round by round: min {paired[0]:.2f}"
+            f"  median {statistics.median(paired):.2f}  max {paired[-1]:.2f}"
+        )
     total: Counter[str] = Counter()
     for s in attack:
         total.update(s.hostile)

@@ -47,6 +47,11 @@ class WorkerSpec(msgspec.Struct, frozen=True):
     commands: int = 0
     memory: int = 0
     cpu: float = 0.0
+    # The most any policy the tclet may still be granted (``policy NAME``) allows: the hard
+    # rlimits. 0: no limit; -1: no other policy can be granted, the limit above is the ceiling.
+    nofile_max: int = -1
+    memory_max: int = -1
+    cpu_max: float = -1.0
 
 
 # ---- worker -> host -------------------------------------------------------------------------
@@ -138,9 +143,16 @@ class Denied(msgspec.Struct, tag=True, frozen=True):
 
 
 class PolicyGranted(msgspec.Struct, tag=True, frozen=True):
+    """The tclet's ``policy NAME`` was granted: what it hides, and the limits the worker now
+    enforces on itself (as in :class:`WorkerSpec`; 0 = none)."""
+
     req: int
     name: str
     hidden_options: list[str]
+    nofile: int
+    commands: int
+    memory: int
+    cpu: float
 
 
 class QuotaExceeded(msgspec.Struct, tag=True, frozen=True):

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import pytest
 
 from tcletd.errors import RequestError
-from tcletd.protocol import WorkerSpec
+from tcletd.protocol import PolicyGranted, WorkerSpec
 from tcletd.worker.aliases import parse_socket_args
 from tcletd.worker.channels import probe
 from tcletd.worker.tclrt import TclRuntime
@@ -38,6 +38,7 @@ class LocalBroker:
         self.closed: list[int] = []
         self.granted: list[int] = []
         self.policies = {"home": ["-peername"], "trusted": [], "strict": ["-peername", "-sockname"]}
+        self.budgets = {"strict": 50_000}  # command budgets (0 for the others: none)
         self.listeners: dict[int, socket.socket] = {}
         self.runtime: TclRuntime | None = None
         self.beats: list[tuple[str, int, float]] = []  # (state, commands, monotonic time)
@@ -116,10 +117,13 @@ class LocalBroker:
             self.runtime.tk.deletefilehandler(sock.fileno())
             sock.close()
 
-    def request_policy(self, name: str) -> list[str]:
+    def request_policy(self, name: str) -> PolicyGranted:
         if name not in self.policies:
             raise RequestError(f'permission denied: policy "{name}" not allowed for this origin')
-        return self.policies[name]
+        commands = self.budgets.get(name, 0)
+        return PolicyGranted(
+            0, name, self.policies[name], nofile=0, commands=commands, memory=0, cpu=0
+        )
 
     def heartbeat(self, state: str, commands: int) -> None:
         self.beats.append((state, commands, time.monotonic()))
@@ -992,6 +996,29 @@ def test_no_budget_means_no_limit_and_info_cmdcount_works(
     assert status == 0
     assert broker.limits == []
     assert capfd.readouterr().out == '1 1\n1:wrong # args: should be "info cmdcount"\n'
+
+
+def test_a_granted_policy_brings_its_command_budget(capfd: pytest.CaptureFixture[str]) -> None:
+    # No budget at launch; "strict" has one of 50,000 commands, counted from the start.
+    status, _, broker = run_tclet(
+        "interp create c\nputs [policy strict]\n"
+        "catch {c eval {for {set i 0} {$i < 200000} {incr i} {}}}\nputs survived"
+    )
+    assert status == 137
+    assert broker.limits == [("commands", "commands limit 50000")]
+    assert capfd.readouterr().out == "strict\n"
+
+
+def test_a_granted_policy_without_a_budget_lifts_it(capfd: pytest.CaptureFixture[str]) -> None:
+    # 50,000 commands at launch; "trusted" has no budget: 200,000 commands then run to the end.
+    status, _, broker = run_tclet(
+        "puts [policy trusted]\ninterp create c\n"
+        "c eval {for {set i 0} {$i < 100000} {incr i} {}}\n"
+        "for {set i 0} {$i < 100000} {incr i} {}\nputs survived",
+        commands=50_000,
+    )
+    assert (status, broker.limits) == (0, [])
+    assert capfd.readouterr().out == "trusted\nsurvived\n"
 
 
 def test_heartbeat_states_and_counts() -> None:

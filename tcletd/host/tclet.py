@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from tcletd import protocol as p
-from tcletd.errors import ProtocolViolation, RequestError
+from tcletd.errors import ConfigError, ProtocolViolation, RequestError
 from tcletd.host.audit import AuditLog, TcletRecords
 from tcletd.host.broker import Audit, Broker, shut, start_eagerly
 from tcletd.host.hub import Hub, Peer
@@ -39,7 +39,7 @@ from tcletd.host.watchdog import (
     breach_from_death,
     check_limits,
 )
-from tcletd.policy import Origin, Policy, load_policy
+from tcletd.policy import Origin, Policy, known_policies, load_policy
 from tcletd.policyfile import MasterConfig
 from tcletd.states import BUSY_AFTER, EXIT_KILLED, EXIT_TERMINATED, TcletState
 
@@ -71,6 +71,19 @@ class Services:
     totals: HostTotals
     # Running tclets by id: the watchdog looks at these; a tclet leaves when it is released.
     tclets: dict[str, Tclet] = field(default_factory=dict)
+
+
+def granted(req: int, policy: Policy) -> p.PolicyGranted:
+    """The answer to a granted ``policy NAME``: what it hides and what the worker enforces."""
+    return p.PolicyGranted(
+        req,
+        policy.name,
+        list(policy.hidden_options),
+        nofile=policy.quotas.sockets,
+        commands=policy.limits.commands,
+        memory=policy.limits.memory,
+        cpu=policy.limits.cpu,
+    )
 
 
 class Tclet:
@@ -376,7 +389,8 @@ class Tclet:
 
     def _limit_hit(self, msg: p.LimitHit) -> None:
         """The worker reached a limit it enforces itself and is exiting; make sure it does."""
-        maxima = {"commands": self.spec.commands, "memory": self.spec.memory, "cpu": self.spec.cpu}
+        limits = self.policy.limits  # a granted policy moved the worker's limits with it
+        maxima = {"commands": limits.commands, "memory": limits.memory, "cpu": limits.cpu}
         maximum = maxima.get(msg.limit)
         if not maximum:
             self.violation(f"limit hit for a limit it was not given: {msg.limit[:40]!r}")
@@ -449,18 +463,25 @@ class Tclet:
         name = msg.name
         if name == self.policy.name:
             self.policy_fixed = True
-            return p.PolicyGranted(msg.req, name, list(self.policy.hidden_options))
+            return granted(msg.req, self.policy)
         if self.policy_fixed:
             self._audit("policy", requested=name, decision="refused", why="already loaded")
             raise RequestError(f'security policy "{self.policy.name}" already loaded')
-        if not self.s.master.allows(name, self.origin):
-            self._audit("policy", requested=name, decision="refused", why="master config")
+        # Only a shipped policy, by name: never a path the tclet chose, whatever the master
+        # config's globs would match.
+        if name not in known_policies() or not self.s.master.allows(name, self.origin):
+            why = "master config" if name in known_policies() else "unknown policy"
+            self._audit("policy", requested=name, decision="refused", why=why)
             raise RequestError(f'permission denied: policy "{name}" not allowed for this origin')
-        policy = load_policy(name).with_overrides(*self._overrides)
+        try:
+            policy = load_policy(name).with_overrides(*self._overrides)
+        except ConfigError as exc:  # a broken policy file of the operator's: refused, audited
+            self._audit("policy", requested=name, decision="refused", why=str(exc))
+            raise RequestError(f'policy "{name}" cannot be loaded') from None
         self.policy, self.policy_fixed = policy, True
         self.quotas.quotas = policy.quotas
         self._audit("policy", requested=name, decision="granted")
-        return p.PolicyGranted(msg.req, name, list(policy.hidden_options))
+        return granted(msg.req, policy)
 
     def _accept(self, listener_id: int, listener: socket.socket) -> None:
         for conn, addr, port in self.s.broker.accept_all(listener):

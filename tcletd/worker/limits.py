@@ -159,6 +159,26 @@ proc ::tcletd::Budget {slave total} {
     Track $slave
 }
 
+# A policy granted while the tclet runs brings its own budget (0: none): count on against it.
+proc ::tcletd::Rebudget {total} {
+    namespace upvar ::tcletd::budget total was start start value value
+    if {$total > 0} {
+        foreach path [dict keys $start] {
+            interp limit $path commands -command [list ::tcletd::OnLimit $path]
+        }
+        set was $total
+        Tighten
+        return
+    }
+    set was 0
+    foreach path [dict keys $start] {
+        if {[interp exists $path]} {
+            interp limit $path commands -command {} -value {}
+        }
+    }
+    set value {}
+}
+
 # An interpreter reached its limit: raise it to what the tree has left, or let it stand.
 proc ::tcletd::OnLimit {path} {
     if {[catch {Tighten $path} used]} {

@@ -236,11 +236,11 @@ class Link:
     def close(self, sock_id: int) -> None:
         self._send(p.Close(sock=sock_id))
 
-    def request_policy(self, name: str) -> list[str]:
+    def request_policy(self, name: str) -> p.PolicyGranted:
         self._check_words(name)
         reply = self._request(lambda req: p.RequestPolicy(req=req, name=name))
         assert isinstance(reply, p.PolicyGranted)
-        return reply.hidden_options
+        return reply
 
     def heartbeat(self, state: str, commands: int) -> None:
         # Never block the tclet's event loop on liveness: if the host is not reading (HWM

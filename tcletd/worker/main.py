@@ -84,6 +84,7 @@ def run(spec_bytes: bytes, fdsock: socket.socket, out: socket.socket, err: socke
     # Every thread (libzmq's, Tcl's notifier) must exist before the sandbox forbids new ones.
     runtime.prime()
     sandbox.apply(spec)
+    runtime.on_policy = lambda grant: sandbox.follow(grant.nofile, grant.memory, grant.cpu)
     status = runtime.run()
     sys.stdout.flush()
     # Deliver what is still queued (a LimitHit, the last Closes) before the process goes.

@@ -4,7 +4,9 @@ Worker side of the trust boundary. :func:`apply` runs in the worker once its Tcl
 Tcl's notifier thread and its ZeroMQ context (with libzmq's threads) exist, and before the
 tclet's script runs: libzmq *aborts* when it creates a thread under a small ``RLIMIT_AS``
 (ecosystem.md, "RLIMIT_AS vs libzmq"), and no thread may be created once ``RLIMIT_NPROC`` is 0.
-Every limit is set with soft = hard (except CPU), so nothing in the process can raise it again.
+Hard limits are the most that any policy this tclet may still be granted allows (``policy NAME``;
+:func:`ceiling`), soft limits its current policy's; a grant moves the soft limits (:func:`follow`).
+Under a fixed policy soft = hard (except CPU), so nothing in the process can raise them.
 
 What it applies (the host watches RSS, CPU and descriptors itself and acts first; these are the
 backstops for when it cannot be fast enough):
@@ -44,6 +46,7 @@ import os
 import resource
 import signal
 from dataclasses import dataclass, field
+from typing import Any
 
 from tcletd.protocol import WorkerSpec
 
@@ -51,6 +54,8 @@ __all__ = [
     "FD_HEADROOM",
     "Applied",
     "apply",
+    "ceiling",
+    "follow",
     "nofile_limit",
     "open_fds",
     "read_limits",
@@ -114,9 +119,10 @@ def open_fds() -> list[int]:
 def vm_size() -> int:
     """This process's virtual size in bytes (``VmSize``), 0 if unknown."""
     try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+        # Bytes, not text: no codec to import (it may no longer be readable at this point).
+        with open("/proc/self/status", "rb") as status:
             for line in status:
-                if line.startswith("VmSize:"):
+                if line.startswith(b"VmSize:"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         return 0
@@ -169,15 +175,17 @@ def apply(spec: WorkerSpec) -> Applied:
     _set(applied, "core", 0, 0)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of death on a file write
     _set(applied, "fsize", 0, 0)
-    if spec.nofile > 0:
-        limit = nofile_limit(open_fds(), spec.nofile + FD_HEADROOM)
-        _set(applied, "nofile", limit, limit)
-    if spec.memory > 0:
-        size = vm_size() + AS_HEADROOM * spec.memory
-        _set(applied, "as", size, size)
-    if spec.cpu > 0:
-        whole = math.ceil(spec.cpu)
-        _set(applied, "cpu", whole + 1, whole + 2)
+    # What the runtime itself holds when the sandbox goes on: a later policy's limits are
+    # counted on top of the same (:func:`follow`).
+    _held["fds"], _held["vm"] = open_fds(), vm_size()
+    softs = _backstops(spec.nofile, spec.memory, spec.cpu)
+    hards = _backstops(*ceiling(spec))
+    for name, soft in softs.items():
+        hard = hards[name]
+        if name == "cpu" and hard != resource.RLIM_INFINITY:
+            hard += 1  # SIGKILL a second after SIGXCPU, at the most a policy may allow
+        if soft != resource.RLIM_INFINITY or hard != resource.RLIM_INFINITY:
+            _set(applied, name, soft, hard)
     # Last among the limits: from here on, not even a thread can be created (non-root).
     _set(applied, "nproc", 0, 0)
     if os.geteuid() == 0:
@@ -190,6 +198,42 @@ def apply(spec: WorkerSpec) -> Applied:
         applied.notes.append(f"PR_SET_DUMPABLE failed: errno {ctypes.get_errno()}")
     applied.dumpable = _prctl(_PR_GET_DUMPABLE, 0) != 0  # what the kernel says, not what we asked
     return applied
+
+
+def follow(nofile: int, memory: int, cpu: float) -> Applied:
+    """A new policy is in force: move the soft limits to its values (0: none), under the hard
+    ceilings :func:`apply` set for every policy this tclet may be granted."""
+    applied = Applied()
+    for name, soft in _backstops(nofile, memory, cpu).items():
+        _soft, hard = resource.getrlimit(_LIMIT_NAMES[name])
+        if name == "cpu" and hard != resource.RLIM_INFINITY:
+            soft = min(soft, hard - 1)  # SIGXCPU before the hard limit's SIGKILL
+        _set(applied, name, soft, hard)
+    return applied
+
+
+def ceiling(spec: WorkerSpec) -> tuple[int, int, float]:
+    """The most any policy this tclet may be granted allows: ``(nofile, memory, cpu)``, 0 for
+    no limit (a ``-1`` in the spec: no other policy, the current limit is the ceiling)."""
+    return (
+        spec.nofile if spec.nofile_max < 0 else spec.nofile_max,
+        spec.memory if spec.memory_max < 0 else spec.memory_max,
+        spec.cpu if spec.cpu_max < 0 else spec.cpu_max,
+    )
+
+
+# Descriptors and address space the runtime held when the sandbox went on (this process only).
+_held: dict[str, Any] = {"fds": [], "vm": 0}
+
+
+def _backstops(nofile: int, memory: int, cpu: float) -> dict[str, int]:
+    """Each backstop's limit for these values (RLIM_INFINITY for 0: none)."""
+    none = resource.RLIM_INFINITY
+    return {
+        "nofile": nofile_limit(_held["fds"], nofile + FD_HEADROOM) if nofile > 0 else none,
+        "as": _held["vm"] + AS_HEADROOM * memory if memory > 0 else none,
+        "cpu": math.ceil(cpu) + 1 if cpu > 0 else none,
+    }
 
 
 def read_limits(pid: int | str = "self") -> dict[str, tuple[str, str]]:

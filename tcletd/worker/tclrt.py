@@ -25,11 +25,12 @@ from __future__ import annotations
 import contextlib
 import os
 import tkinter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from tcletd.errors import RequestError
-from tcletd.protocol import WorkerSpec
+from tcletd.protocol import PolicyGranted, WorkerSpec
 from tcletd.states import EXIT_KILLED, HEARTBEAT_INTERVAL, TcletState
 from tcletd.worker.aliases import MASTER_TCL, TclCommandError, parse_socket_args
 from tcletd.worker.channels import ChannelFactory
@@ -63,8 +64,9 @@ class Broker(Protocol):
         """The tclet closed a granted socket (connected or listening)."""
         ...
 
-    def request_policy(self, name: str) -> list[str]:
-        """The granted policy's hidden fconfigure options; RequestError if refused."""
+    def request_policy(self, name: str) -> PolicyGranted:
+        """The granted policy: its hidden fconfigure options and limits; RequestError if
+        refused."""
         ...
 
     def heartbeat(self, state: str, commands: int) -> None:
@@ -105,6 +107,9 @@ class TclRuntime:
         self._failure: BaseException | None = None
         self._running = False
         self._state = TcletState.SCRIPT.value
+        self.commands = spec.commands  # the command budget of the policy in force
+        self.on_policy: Callable[[PolicyGranted], object] | None = None
+        """Called after a ``policy NAME`` was granted (the worker moves its rlimits there)."""
         self.channels = ChannelFactory(self.tk, self._closed, native=native_channels)
         self._install()
 
@@ -182,9 +187,7 @@ class TclRuntime:
         try:
             if self.status is None:
                 # Counting starts here: the Safe Base's set-up is not the tclet's.
-                self.tk.call(
-                    "::tcletd::Budget", self.slave, str(enforced_budget(self.spec.commands))
-                )
+                self.tk.call("::tcletd::Budget", self.slave, str(enforced_budget(self.commands)))
                 self.tk.call("::tcletd::Beat", str(max(1, round(HEARTBEAT_INTERVAL * 1000))))
                 self._run_script()
                 self._state = TcletState.IDLE.value
@@ -357,7 +360,7 @@ class TclRuntime:
                 return ("ok", name)
             return ("error", f'security policy "{self.policy}" already loaded', ("NONE",))
         try:
-            hidden = self.broker.request_policy(name)
+            grant = self.broker.request_policy(name)
         except RequestError as exc:
             return ("error", exc.message, tuple(exc.errorcode))
         except Exception as exc:
@@ -365,7 +368,13 @@ class TclRuntime:
             return ("error", "policy request failed", ("NONE",))
         self.policy = name
         self._policy_fixed = True
-        self._set_hidden(list(hidden))
+        self._set_hidden(list(grant.hidden_options))
+        # The limits move with the policy: the command budget here, the OS backstops in the
+        # sandbox (through on_policy, set by the worker's main).
+        self.commands = grant.commands
+        self.tk.call("::tcletd::Rebudget", str(enforced_budget(grant.commands)))
+        if self.on_policy is not None:
+            self.on_policy(grant)
         return ("ok", name)
 
     def _py_drain(self) -> str:
@@ -391,7 +400,7 @@ class TclRuntime:
         for ``exit``)."""
         if self.status is None:
             try:
-                self.broker.limit_hit("commands", f"commands limit {self.spec.commands}")
+                self.broker.limit_hit("commands", f"commands limit {self.commands}")
             except Exception as exc:
                 self._fail(exc)
             self._terminate(EXIT_KILLED)
