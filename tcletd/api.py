@@ -22,17 +22,16 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from tcletd import protocol as p
 from tcletd.host.audit import AuditLog
 from tcletd.host.broker import Broker
 from tcletd.host.hub import Hub
-from tcletd.host.quotas import HostFull, HostTotals, workers_message
+from tcletd.host.quotas import HostFull, HostTotals, ceilings, workers_message
 from tcletd.host.supervisor import Supervisor
 from tcletd.host.tclet import Services, Tclet, TcletResult
 from tcletd.host.watchdog import Watchdog
-from tcletd.policy import Origin, Policy, known_policies, load_policy
+from tcletd.policy import Origin, Policy, load_policy
 from tcletd.policyfile import MasterConfig, load_master
 from tcletd.states import EXIT_TERMINATED
 
@@ -158,30 +157,6 @@ class Host:
             return []
         return [t.status() for t in list(self._services.tclets.values())]
 
-    def _ceilings(
-        self, policy: Policy, fixed: bool, origin: str | None, limits: Sequence[str]
-    ) -> dict[str, Any]:
-        """The worker's hard rlimits: the most of every policy the tclet may still be granted
-        (``policy NAME``, per the master config), so that its limits can follow a grant."""
-        assert self._services is not None
-        if fixed:
-            return {}  # -1: the policy's own limits are the ceiling
-        master, where = self._services.master, Origin.parse(origin)
-        grantable = [policy] + [
-            load_policy(name).with_overrides(*limits)
-            for name in known_policies()
-            if name != policy.name and master.allows(name, where)
-        ]
-
-        def most(values: list[float]) -> float:
-            return 0 if 0 in values else max(values)  # 0: one of them has no limit
-
-        return {
-            "nofile_max": int(most([g.quotas.sockets for g in grantable])),
-            "memory_max": int(most([g.limits.memory for g in grantable])),
-            "cpu_max": float(most([g.limits.cpu for g in grantable])),
-        }
-
     def launch(
         self,
         script: str,
@@ -226,7 +201,7 @@ class Host:
             commands=policy.limits.commands,
             memory=policy.limits.memory,
             cpu=policy.limits.cpu,
-            **self._ceilings(policy, fixed, origin, limits),
+            **ceilings(policy, fixed, self._services.master, Origin.parse(origin), limits),
         )
         tclet = Tclet(
             self._services,

@@ -141,7 +141,7 @@ def default_origin(script_name: str) -> str | None:
 
 def status_line(entry: dict[str, Any]) -> str:
     """One tclet's status for people (SIGUSR1, ``tcletd status``)."""
-    from tcletd.policyfile import format_size
+    from tcletd.budget import format_size
 
     def size(key: str) -> str:
         value = entry.get(key)

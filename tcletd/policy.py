@@ -31,13 +31,13 @@ from tcletd.addresses import (
     network_keys,
     normalise_address,
 )
+from tcletd.budget import parse_limit_override
 from tcletd.errors import ConfigError, RequestError, UnknownPolicyError
 from tcletd.policyfile import (
     ACTIONS,
     PolicyDocument,
     RuleText,
     build_policy_document,
-    parse_limit_override,
     parse_toml,
     read_policy_document,
 )

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tcletd.addresses import CanonicalHost, IPAddress, canonical_host
+from tcletd.budget import Limits, Quotas
 from tcletd.errors import ConfigError
 from tcletd.policy import (
     Action,
@@ -22,7 +23,6 @@ from tcletd.policy import (
     load_policy,
     policy_from_text,
 )
-from tcletd.policyfile import Limits, Quotas
 
 ORIGIN = Origin.parse("http://www.example.com:8080/apps/t.tcl")
 NO_ORIGIN = Origin.parse(None)

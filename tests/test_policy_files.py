@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tcletd.budget import parse_limit_override
 from tcletd.errors import ConfigError, UnknownPolicyError
 from tcletd.policy import Origin, known_policies, load_policy, policy_dir
 from tcletd.policyfile import (
@@ -14,7 +15,6 @@ from tcletd.policyfile import (
     UnreadableError,
     load_master,
     locate_lines,
-    parse_limit_override,
 )
 from tcletd.policytool import lint_file
 

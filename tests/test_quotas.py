@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tcletd.api import Host, HostFull
+from tcletd.budget import format_duration, format_size
 from tcletd.host.quotas import SO_MAX_PACING_RATE, tcp_bytes
-from tcletd.policyfile import format_duration, format_size
 from tests.netutil import TcpServer, echo_handler
 
 pytestmark = pytest.mark.timeout(60)

@@ -25,6 +25,10 @@ output as the host reads it from the worker's socketpairs.
 
 A request over a quota is refused with :class:`QuotaRefused`, a Tcl error that names the quota
 and its value (``too many open sockets (limit 8)``) and changes nothing else.
+
+What a worker enforces on itself as backstops (its descriptor, address-space and CPU rlimits,
+its Tcl command budget) comes from here too: :func:`ceilings` at launch, :func:`granted` when a
+``policy NAME`` moves them.
 """
 
 from __future__ import annotations
@@ -33,10 +37,15 @@ import collections
 import contextlib
 import socket
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from tcletd import protocol as p
+from tcletd.budget import Quotas, format_size
 from tcletd.errors import EXIT_TEMPFAIL, RequestError, TcletdError
-from tcletd.policyfile import Quotas, format_size
+from tcletd.policy import Origin, Policy, known_policies, load_policy
+from tcletd.policyfile import MasterConfig
 
 # struct tcp_info offsets (see the module docstring); ask for more than we read.
 TCP_INFO_LEN = 256
@@ -255,3 +264,43 @@ class TcletQuotas:
     @property
     def over_output(self) -> bool:
         return self.output > self.quotas.output_bytes
+
+
+# ---- what a worker enforces on itself -------------------------------------------------------
+
+
+def granted(req: int, policy: Policy) -> p.PolicyGranted:
+    """The answer to a granted ``policy NAME``: what it hides and what the worker enforces."""
+    return p.PolicyGranted(
+        req,
+        policy.name,
+        list(policy.hidden_options),
+        nofile=policy.quotas.sockets,
+        commands=policy.limits.commands,
+        memory=policy.limits.memory,
+        cpu=policy.limits.cpu,
+    )
+
+
+def ceilings(
+    policy: Policy, fixed: bool, master: MasterConfig, origin: Origin, overrides: Sequence[str]
+) -> dict[str, Any]:
+    """A new worker's hard rlimits (WorkerSpec's ``*_max``): the most of every policy its tclet
+    may still be granted (``policy NAME``, per the master config), so that its limits can follow
+    a grant. Empty for a fixed policy: its own limits are the ceiling."""
+    if fixed:
+        return {}
+    grantable = [policy] + [
+        load_policy(name).with_overrides(*overrides)
+        for name in known_policies()
+        if name != policy.name and master.allows(name, origin)
+    ]
+
+    def most(values: list[float]) -> float:
+        return 0 if 0 in values else max(values)  # 0: one of them has no limit
+
+    return {
+        "nofile_max": int(most([g.quotas.sockets for g in grantable])),
+        "memory_max": int(most([g.limits.memory for g in grantable])),
+        "cpu_max": float(most([g.limits.cpu for g in grantable])),
+    }

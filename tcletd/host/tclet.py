@@ -29,7 +29,7 @@ from tcletd.errors import ConfigError, ProtocolViolation, RequestError
 from tcletd.host.audit import AuditLog, TcletRecords
 from tcletd.host.broker import Audit, Broker, shut, start_eagerly
 from tcletd.host.hub import Hub, Peer
-from tcletd.host.quotas import HostTotals, QuotaRefused, TcletQuotas, output_reason
+from tcletd.host.quotas import HostTotals, QuotaRefused, TcletQuotas, granted, output_reason
 from tcletd.host.sockets import SocketTable
 from tcletd.host.supervisor import Supervisor, WorkerProcess
 from tcletd.host.watchdog import (
@@ -71,19 +71,6 @@ class Services:
     totals: HostTotals
     # Running tclets by id: the watchdog looks at these; a tclet leaves when it is released.
     tclets: dict[str, Tclet] = field(default_factory=dict)
-
-
-def granted(req: int, policy: Policy) -> p.PolicyGranted:
-    """The answer to a granted ``policy NAME``: what it hides and what the worker enforces."""
-    return p.PolicyGranted(
-        req,
-        policy.name,
-        list(policy.hidden_options),
-        nofile=policy.quotas.sockets,
-        commands=policy.limits.commands,
-        memory=policy.limits.memory,
-        cpu=policy.limits.cpu,
-    )
 
 
 class Tclet:

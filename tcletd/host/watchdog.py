@@ -31,7 +31,7 @@ from typing import Protocol
 
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 
-from tcletd.policyfile import Limits, format_duration, format_size
+from tcletd.budget import Limits, format_duration, format_size
 from tcletd.states import EXIT_KILLED, EXIT_WALL_LIMIT
 
 log = logging.getLogger(__name__)
