@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.netutil import run_bounded
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -27,23 +29,13 @@ def run_tcletd(
     args: Sequence[str], *, stdin: str | None = None, timeout: float = 20.0, cwd: Path = ROOT
 ) -> Ran:
     """Run ``python -m tcletd ARGS``; on timeout the whole process group is killed by PID."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tcletd", *args],
-        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=cwd,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(stdin.encode() if stdin is not None else None, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
+    done = run_bounded([sys.executable, "-m", "tcletd", *args], timeout, str(cwd), stdin)
+    if done.timed_out:
         raise AssertionError(
-            f"tcletd {' '.join(args)} ran past {timeout}s\nstdout: {out!r}\nstderr: {err!r}"
-        ) from None
-    return Ran(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+            f"tcletd {' '.join(args)} ran past {timeout}s\n"
+            f"stdout: {done.stdout!r}\nstderr: {done.stderr!r}"
+        )
+    return Ran(done.returncode, done.stdout, done.stderr)
 
 
 @contextlib.contextmanager

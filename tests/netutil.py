@@ -255,7 +255,9 @@ class Result:
     timed_out: bool
 
 
-def run_bounded(cmd: Sequence[str], timeout: float, cwd: str | None = None) -> Result:
+def run_bounded(
+    cmd: Sequence[str], timeout: float, cwd: str | None = None, stdin: str | None = None
+) -> Result:
     """Run ``cmd`` with a hard deadline; on timeout kill its whole process group by id.
 
     The child gets its own session so that the kill also reaches anything it forked
@@ -263,14 +265,14 @@ def run_bounded(cmd: Sequence[str], timeout: float, cwd: str | None = None) -> R
     """
     proc = subprocess.Popen(
         list(cmd),
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=cwd,
         start_new_session=True,
     )
     try:
-        out, err = proc.communicate(timeout=timeout)
+        out, err = proc.communicate(stdin.encode() if stdin is not None else None, timeout=timeout)
         timed_out = False
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
