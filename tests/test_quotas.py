@@ -16,8 +16,15 @@ from pathlib import Path
 import pytest
 
 from tcletd.api import Host, HostFull
-from tcletd.budget import format_duration, format_size
-from tcletd.host.quotas import SO_MAX_PACING_RATE, tcp_bytes
+from tcletd.budget import Quotas, format_duration, format_size
+from tcletd.host.quotas import (
+    REFUSAL_PAUSE,
+    REFUSALS_PER_SECOND,
+    SO_MAX_PACING_RATE,
+    HostTotals,
+    TcletQuotas,
+    tcp_bytes,
+)
 from tests.netutil import TcpServer, echo_handler
 
 pytestmark = pytest.mark.timeout(60)
@@ -113,6 +120,39 @@ while {[clock milliseconds] < $deadline} {
 puts [catch {socket 127.0.0.1 [lindex $argv 0]} m]; puts $m
 after 300 {set done 1}; vwait done
 """
+
+
+def test_refusals_are_paced_only_for_a_tclet_that_keeps_at_it() -> None:
+    quotas = TcletQuotas(Quotas(), HostTotals(max_workers=1, max_sockets=8))
+    now = 100.0
+    pauses = [quotas.refusal_pause(now + i * 0.001) for i in range(REFUSALS_PER_SECOND + 5)]
+    assert pauses[:REFUSALS_PER_SECOND] == [0.0] * REFUSALS_PER_SECOND
+    assert pauses[REFUSALS_PER_SECOND:] == [REFUSAL_PAUSE] * 5
+    assert quotas.refusal_pause(now + 2.0) == 0.0  # the window moved on: no pause
+
+
+def test_a_refused_request_loop_is_slowed_down_and_goes_on(tclet) -> None:
+    """A tclet that keeps asking for what it is refused waits for each refusal past the first
+    REFUSALS_PER_SECOND a second: the host answers it a few dozen times a second, not thousands,
+    and the tclet still gets every refusal as its Tcl error."""
+    script = (
+        "set end [expr {[clock milliseconds] + 2000}]\nset n 0\n"
+        "while {[clock milliseconds] < $end} {catch {socket 127.0.0.1 25} m; incr n}\n"
+        "puts $n\nputs $m\n"
+    )
+    ran = tclet(
+        script,
+        "--limit",
+        "connects_per_second=100000",  # the policy refuses them, not the rate quota
+        policy="home",
+        origin="http://127.0.0.1:8080/t.tcl",
+    )
+    assert ran.status == 0, ran.stderr
+    count, message = ran.stdout.splitlines()
+    # Unpaced, this loop makes thousands of requests in 2 s here; paced: 50 at once, then
+    # one per REFUSAL_PAUSE.
+    assert REFUSALS_PER_SECOND <= int(count) <= 2 * REFUSALS_PER_SECOND + 2 / REFUSAL_PAUSE
+    assert message == "permission denied for host 127.0.0.1 port 25"
 
 
 def test_bytes_sent_quota_shuts_sockets_down(tclet, tmp_path) -> None:

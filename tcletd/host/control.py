@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 # Output frames queued for a client before the host stops reading its tclet's output.
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
+# Seconds a refused client's link stays half-closed before the host closes it.
+FAILED_LINGER = 5.0
 # Signals a client may pass on; SIGUSR1 asks for a status frame, the others end the tclet.
 ENDING = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
@@ -75,6 +77,7 @@ class ControlConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self.tclet: Tclet | None = None
         self.follow: asyncio.Task[None] | None = None
+        self._failed = False
 
     # ---- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -88,6 +91,8 @@ class ControlConnection(asyncio.Protocol):
             self._fail(f"permission denied: uid {uid} is not this host's user", EXIT_USAGE)
 
     def data_received(self, data: bytes) -> None:
+        if self._failed:
+            return
         try:
             for header, payload in self._reader.feed(data):
                 self._take(header, payload)
@@ -183,10 +188,18 @@ class ControlConnection(asyncio.Protocol):
             self._transport.write(encode(header, payload))
 
     def _fail(self, message: str, status: int) -> None:
-        """Tell the client what was wrong and hang up; a running tclet ends with the link."""
+        """Tell the client what was wrong and hang up; a running tclet ends with the link.
+
+        Half-close first: closing with the client's unread bytes still queued here would send
+        a reset that can overtake the error. Whatever else it sends is ignored; the link goes
+        when the client closes, or after FAILED_LINGER seconds.
+        """
+        self._failed = True
         self._send({"event": "error", "message": message, "status": status})
-        if self._transport is not None:
-            self._transport.close()
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write_eof()
+            asyncio.get_running_loop().call_later(FAILED_LINGER, transport.close)
 
     def _spawn_end(self, reason: str, status: int) -> None:
         assert self.tclet is not None

@@ -58,6 +58,11 @@ _INT_MAX = 2**31 - 1
 _U64_MAX = 2**64 - 1
 
 CONNECT_WINDOW = 1.0  # seconds
+# A tclet whose requests keep being refused (a quota or the policy) more than REFUSALS_PER_SECOND
+# times a second gets each further refusal only after REFUSAL_PAUSE: its worker waits, so a loop
+# of refused requests costs the host (and the machine) ~20 answers a second, not thousands.
+REFUSALS_PER_SECOND = 50
+REFUSAL_PAUSE = 0.05  # seconds
 
 
 class QuotaRefused(RequestError):
@@ -154,6 +159,7 @@ class TcletQuotas:
         self.revoked = ""
         self.pacing = True
         self._connects: collections.deque[float] = collections.deque()
+        self._refusals: collections.deque[float] = collections.deque()
         self._meters: dict[int, _Meter] = {}
         self._closed_sent = 0
         self._closed_received = 0
@@ -195,6 +201,14 @@ class TcletQuotas:
             message = f"too many connects per second (limit {limit:g})"
             raise QuotaRefused("connects_per_second", limit, len(window), message)
         window.append(now)
+
+    def refusal_pause(self, now: float) -> float:
+        """Count a refused request; how long its refusal waits (0 unless the tclet keeps at it)."""
+        window = self._refusals
+        while window and window[0] <= now - CONNECT_WINDOW:
+            window.popleft()
+        window.append(now)
+        return REFUSAL_PAUSE if len(window) > REFUSALS_PER_SECOND else 0.0
 
     def check_revoked(self) -> None:
         """After a byte quota shut the tclet's sockets down, every new socket is refused."""

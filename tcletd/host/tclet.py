@@ -314,9 +314,7 @@ class Tclet:
         if self.worker is None or self.s.tclets.get(self.id) is not self:
             return  # not launched, or released (its output sockets are closed)
         for name, sock in (("stdout", self.worker.stdout), ("stderr", self.worker.stderr)):
-            if self._eof[name].done():
-                continue
-            if held:
+            if held or self._eof[name].done():
                 self.s.loop.remove_reader(sock.fileno())
             else:
                 self.s.loop.add_reader(sock.fileno(), self._read_output, name, sock)
@@ -394,6 +392,8 @@ class Tclet:
             reply = await self._handle(msg)
         except RequestError as exc:
             reply = p.Denied(req=msg.req, message=exc.message, errorcode=list(exc.errorcode))
+            if pause := self.quotas.refusal_pause(time.monotonic()):
+                await asyncio.sleep(pause)  # still in flight: the worker waits for its answer
         except ProtocolViolation as exc:
             self.violation(str(exc))
             return
