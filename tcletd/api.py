@@ -169,12 +169,15 @@ class Host:
         on_stdout: Callable[[bytes], None] | None = None,
         on_stderr: Callable[[bytes], None] | None = None,
         limits: Sequence[str] = (),
+        client: Mapping[str, int] | None = None,
     ) -> Tclet:
         """Start a tclet and return at once; ``await tclet.wait()`` for its result.
 
         ``limits`` are ``NAME=VALUE`` overrides of the policy's quotas and limits (``cpu=5s``,
         ``sockets=4``), applied also to a policy the tclet later asks for; a bad one raises
         ConfigError naming the key. Past the host's worker total, raises :class:`HostFull`.
+        ``client`` (who asked for the tclet: the resident host's client's ``pid`` and ``uid``)
+        is recorded in the audit log's launch record.
         """
         if self._services is None:
             raise RuntimeError("Host is not started")
@@ -213,5 +216,5 @@ class Host:
             on_stderr=on_stderr or _write_to("stderr"),
             overrides=limits,
         )
-        tclet.launch()
+        tclet.launch(**({"client": dict(client)} if client else {}))
         return tclet

@@ -118,6 +118,8 @@ def test_a_run_on_the_resident_host_matches_the_embedded_one(served: Served) -> 
     assert "Hello from a tclet!" in local.stdout
     launches = [r for r in served.records() if r["event"] == "launch"]
     assert len(launches) == 1 and launches[0]["origin"] == Path(script).as_uri()
+    client = launches[0]["client"]  # who asked, as the kernel saw it
+    assert isinstance(client, dict) and client["uid"] == os.getuid() and client["pid"] > 0
 
 
 def test_exit_status_stdin_stderr_and_embed_args(served: Served) -> None:
@@ -254,6 +256,23 @@ def test_stopping_the_host_ends_its_tclets_and_tells_their_clients(tmp_path: Pat
     assert client.returncode == 143
     assert err.decode() == "tcletd: tclet ended: host closing\n"
     assert not sock.exists()
+
+
+def test_a_full_host_says_so_and_launches_nothing(tmp_path: Path) -> None:
+    sock = tmp_path / "control.sock"
+    script = tmp_path / "forever.tcl"
+    script.write_text("puts ready; flush stdout; vwait forever\n")
+    with tcletd_process(["serve", "--socket", str(sock), "--max-workers", "1"]) as server:
+        _wait_serving(server)
+        served = Served(server, sock, tmp_path / "none.jsonl")
+        with _client(served, script, subprocess.DEVNULL) as first:
+            assert first.stdout is not None
+            assert first.stdout.readline() == b"ready\n"
+            second = served.run("-", stdin="puts never")
+            assert second.status == 75, second  # type: ignore[attr-defined]
+            assert second.stderr == "tcletd: too many tclets on this host (limit 1)\n", second
+            assert second.stdout == ""  # type: ignore[attr-defined]
+            assert len(_status(served)) == 1
 
 
 def test_one_host_per_socket_and_a_stale_socket_is_taken_over(tmp_path: Path) -> None:

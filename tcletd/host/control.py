@@ -62,9 +62,11 @@ def _field(header: dict[str, Any], key: str, kind: type, default: Any) -> Any:
     return value
 
 
-def peer_uid(sock: socket.socket) -> int:
+def peer_credentials(sock: socket.socket) -> dict[str, int]:
+    """The connected client's ``pid`` and ``uid``, as the kernel saw them at connect."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return int(struct.unpack("3i", creds)[1])
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return {"pid": pid, "uid": uid}
 
 
 class ControlConnection(asyncio.Protocol):
@@ -78,6 +80,7 @@ class ControlConnection(asyncio.Protocol):
         self.tclet: Tclet | None = None
         self.follow: asyncio.Task[None] | None = None
         self._failed = False
+        self._client: dict[str, int] = {}
 
     # ---- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -85,8 +88,8 @@ class ControlConnection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
-        sock = transport.get_extra_info("socket")
-        uid = peer_uid(sock)
+        self._client = peer_credentials(transport.get_extra_info("socket"))
+        uid = self._client["uid"]
         if uid not in (os.getuid(), 0):
             self._fail(f"permission denied: uid {uid} is not this host's user", EXIT_USAGE)
 
@@ -146,6 +149,7 @@ class ControlConnection(asyncio.Protocol):
             limits=_field(header, "limits", list, []),
             on_stdout=self._output("stdout"),
             on_stderr=self._output("stderr"),
+            client=self._client,
         )
         pid = self.tclet.worker.pid if self.tclet.worker is not None else None
         self._send({"event": "started", "id": self.tclet.id, "pid": pid})

@@ -116,7 +116,8 @@ class Tclet:
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
-    def launch(self) -> None:
+    def launch(self, **audit: object) -> None:
+        """Start the worker; ``audit`` fields go into the launch record (a client's pid, uid)."""
         self.s.hub.register(Peer(self.id, self.spec.token, self._on_message, self.violation))
         self.worker = self.s.supervisor.launch(self.spec, self.s.loop)
         # The wall clock runs from the worker's start (the first launch waits for the fork server).
@@ -125,10 +126,9 @@ class Tclet:
         self.s.tclets[self.id] = self
         self._meter = Meter(self.worker.pid)
         self.sockets.attach(self.worker.fdsock)
-        for name, sock in (("stdout", self.worker.stdout), ("stderr", self.worker.stderr)):
-            self._eof[name] = self.s.loop.create_future()
-            self.s.loop.add_reader(sock.fileno(), self._read_output, name, sock)
-        self._audit("launch", pid=self.worker.pid, script=self.spec.script_name)
+        self._eof = {name: self.s.loop.create_future() for name in ("stdout", "stderr")}
+        self.hold_output(False)
+        self._audit("launch", pid=self.worker.pid, script=self.spec.script_name, **audit)
         self._finished = self.s.loop.create_task(self._finish(), name=f"tclet-{self.id[:8]}")
 
     async def wait(self) -> TcletResult:
