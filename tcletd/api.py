@@ -15,25 +15,26 @@ task in the host's loop measures every tclet and ends it at a limit (:mod:`tclet
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
 from tcletd import protocol as p
+from tcletd.client import write_own
 from tcletd.host.audit import AuditLog
 from tcletd.host.broker import Broker
 from tcletd.host.hub import Hub
 from tcletd.host.quotas import HostFull, HostTotals, ceilings, workers_message
 from tcletd.host.supervisor import Supervisor
-from tcletd.host.tclet import Services, Tclet, TcletResult
+from tcletd.host.tclet import Services, Tclet
 from tcletd.host.watchdog import Watchdog
 from tcletd.policy import Origin, Policy, load_policy
 from tcletd.policyfile import MasterConfig, load_master
-from tcletd.states import EXIT_TERMINATED
+from tcletd.states import EXIT_TERMINATED, TcletResult
 
 __all__ = ["Host", "HostFull", "Tclet", "TcletResult"]
 
@@ -44,12 +45,8 @@ DEFAULT_MAX_SOCKETS = 1024
 
 
 def _write_to(stream: str) -> Callable[[bytes], None]:
-    def write(data: bytes) -> None:
-        out = sys.stdout if stream == "stdout" else sys.stderr
-        out.buffer.write(data)
-        out.buffer.flush()
-
-    return write
+    # A closed pipe raises here, and the tclet's stream is dropped (Tclet.drop_output).
+    return functools.partial(write_own, stream)
 
 
 class Host:

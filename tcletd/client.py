@@ -216,7 +216,7 @@ def _follow(sock: socket.socket) -> int:
                 if not data:
                     raise HostUnreachable("the tcletd host closed the connection")
                 for header, payload in reader.feed(data):
-                    status = _take(header, payload)
+                    status = _take(header, payload, sock)
                     if status is not None:
                         return status
     finally:
@@ -227,13 +227,28 @@ def _follow(sock: socket.socket) -> int:
         os.close(wake_w)
 
 
-def _take(header: dict[str, Any], payload: bytes) -> int | None:
+def write_own(stream: str, data: bytes) -> None:
+    """Write to this process's stdout or stderr. When its reader is gone (a closed pipe), point
+    the stream at /dev/null, so that no later flush fails, and raise BrokenPipeError."""
+    out = sys.stdout if stream == "stdout" else sys.stderr
+    try:
+        out.buffer.write(data)
+        out.buffer.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        os.close(devnull)
+        raise
+
+
+def _take(header: dict[str, Any], payload: bytes, sock: socket.socket) -> int | None:
     """Act on one frame from the host; the exit status once the run is over."""
     event = header.get("event")
     if event in ("stdout", "stderr"):
-        out = sys.stdout if event == "stdout" else sys.stderr
-        out.buffer.write(payload)
-        out.buffer.flush()
+        try:
+            write_own(event, payload)
+        except BrokenPipeError:  # the host stops relaying it: the tclet's writes fail, as in tclsh
+            sock.sendall(encode({"op": "drop", "stream": event}))
     elif event == "status":
         for entry in header.get("tclets", []):
             print(status_line(entry), file=sys.stderr, flush=True)
@@ -253,7 +268,7 @@ def status(host: str | Path) -> int:
         sock.sendall(encode({"op": "status"}))
         for header, _ in _frames(sock, FrameReader(0)):
             if header.get("event") == "error":
-                return _take(header, b"") or 70
+                return _take(header, b"", sock) or 70
             tclets = header.get("tclets", [])
             for entry in tclets:
                 print(status_line(entry).removeprefix("tcletd: "))

@@ -1,4 +1,4 @@
-"""The vocabulary of a tclet's life, shared by host, worker and CLI (no logic, no imports).
+"""The vocabulary of a tclet's life, shared by host, worker and CLI (no logic).
 
 Both sides of the trust boundary import it; the host never trusts a state a worker reports
 beyond displaying it: limits are enforced from what the host measures itself.
@@ -7,6 +7,7 @@ beyond displaying it: limits are enforced from what the host measures itself.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass, field
 
 
 class TcletState(str, enum.Enum):
@@ -29,3 +30,13 @@ BUSY_AFTER = 1.0
 EXIT_WALL_LIMIT = 124
 EXIT_KILLED = 137
 EXIT_TERMINATED = 143
+
+
+@dataclass(frozen=True)
+class TcletResult:
+    """How a tclet ended: its exit status, why, and whether the host ended it."""
+
+    status: int
+    reason: str
+    # Not part of equality: a result reads as (status, reason); this says who decided it.
+    by_host: bool = field(default=False, compare=False)

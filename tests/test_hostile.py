@@ -28,9 +28,9 @@ import psutil
 import pytest
 
 from tcletd.api import Host
-from tcletd.host.tclet import Tclet, TcletResult
+from tcletd.host.tclet import Tclet
 from tcletd.policy import Policy, load_policy
-from tcletd.states import EXIT_KILLED, EXIT_WALL_LIMIT, TcletState
+from tcletd.states import EXIT_KILLED, EXIT_WALL_LIMIT, TcletResult, TcletState
 from tests.netutil import HOST, TcpServer, echo_handler
 
 pytestmark = pytest.mark.timeout(60)

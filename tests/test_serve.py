@@ -258,6 +258,47 @@ def test_stopping_the_host_ends_its_tclets_and_tells_their_clients(tmp_path: Pat
     assert not sock.exists()
 
 
+LOUD = 'for {set i 0} {$i < 100000} {incr i} {puts "line $i"}\n'
+
+
+def _into_a_closed_pipe(command: list[str]) -> tuple[int, bytes, bytes]:
+    """Run ``command`` with its stdout read for two lines and then closed (``| head -2``)."""
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        head = proc.stdout.readline() + proc.stdout.readline()
+        proc.stdout.close()
+        err = proc.stderr.read()
+        return proc.wait(timeout=20), head, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("resident", [False, True], ids=["embedded", "resident"])
+def test_a_closed_stdout_is_a_write_error_in_the_tclet_as_in_tclsh(
+    served: Served, tmp_path: Path, resident: bool
+) -> None:
+    script = tmp_path / "loud.tcl"
+    script.write_text(LOUD)
+    host = ["--host", str(served.sock)] if resident else []
+    limit = ["--limit", "output_bytes=100MiB"]
+    status, head, err = _into_a_closed_pipe(
+        [sys.executable, "-m", "tcletd", "run", *host, *limit, str(script)]
+    )
+    assert head == b"line 0\nline 1\n"
+    assert status == 1, err
+    assert err.startswith(b'error writing "stdout": broken pipe\n'), err
+    assert b"Traceback" not in err and b"Exception" not in err, err
+    if resident:
+        assert served.proc.poll() is None
+        (exited,) = [r for r in served.records() if r["event"] == "exit"]
+        assert exited["status"] == 1
+
+
 def test_a_full_host_says_so_and_launches_nothing(tmp_path: Path) -> None:
     sock = tmp_path / "control.sock"
     script = tmp_path / "forever.tcl"

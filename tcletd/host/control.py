@@ -129,8 +129,11 @@ class ControlConnection(asyncio.Protocol):
             self._send({"event": "status", "tclets": self._host.status()})
         elif op == "signal":
             self._signal(header.get("signum"))
+        elif op == "drop" and header.get("stream") in ("stdout", "stderr"):
+            if self.tclet is not None:  # the client's own stream is gone (a closed pipe)
+                self.tclet.drop_output(str(header["stream"]))
         else:
-            raise FrameError(f"unknown op {op!r} (expected run, status or signal)")
+            raise FrameError(f"unknown op {op!r} (expected run, status, signal or drop)")
 
     def _run(self, header: dict[str, Any], payload: bytes) -> None:
         if self.tclet is not None:

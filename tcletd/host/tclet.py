@@ -41,21 +41,11 @@ from tcletd.host.watchdog import (
 )
 from tcletd.policy import Origin, Policy, known_policies, load_policy
 from tcletd.policyfile import MasterConfig
-from tcletd.states import BUSY_AFTER, EXIT_KILLED, EXIT_TERMINATED, TcletState
+from tcletd.states import BUSY_AFTER, EXIT_KILLED, EXIT_TERMINATED, TcletResult, TcletState
 
 OutputSink = Callable[[bytes], None]
 READ_CHUNK = 65536
 STDERR_TAIL = 256
-
-
-@dataclass(frozen=True)
-class TcletResult:
-    """How a tclet ended: its exit status, why, and whether the host ended it."""
-
-    status: int
-    reason: str
-    # Not part of equality: a result reads as (status, reason); this says who decided it.
-    by_host: bool = field(default=False, compare=False)
 
 
 @dataclass
@@ -309,8 +299,7 @@ class Tclet:
     # ---- output -------------------------------------------------------------------------------
 
     def hold_output(self, held: bool) -> None:
-        """Stop (or go on) reading the worker's output: a sink that cannot keep up pushes back
-        on the worker, whose own writes then block, instead of the host buffering for it."""
+        """Stop (or go on) reading the worker's output: a full sink blocks the worker's writes."""
         if self.worker is None or self.s.tclets.get(self.id) is not self:
             return  # not launched, or released (its output sockets are closed)
         for name, sock in (("stdout", self.worker.stdout), ("stderr", self.worker.stderr)):
@@ -318,6 +307,16 @@ class Tclet:
                 self.s.loop.remove_reader(sock.fileno())
             else:
                 self.s.loop.add_reader(sock.fileno(), self._read_output, name, sock)
+
+    def drop_output(self, name: str) -> None:
+        """Stop relaying ``name``; the worker's next write to it fails (EPIPE), as in tclsh."""
+        sock: socket.socket = getattr(self.worker, name)  # its stdout or stderr socketpair
+        if sock.fileno() >= 0:  # not released yet
+            self.s.loop.remove_reader(sock.fileno())
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RD)
+        if not self._eof[name].done():
+            self._eof[name].set_result(None)
 
     def _read_output(self, name: str, sock: socket.socket) -> None:
         try:
@@ -327,15 +326,16 @@ class Tclet:
         except OSError:
             data = b""
         if not data:
-            self.s.loop.remove_reader(sock.fileno())
-            if not self._eof[name].done():
-                self._eof[name].set_result(None)
+            self.drop_output(name)
             return
         if name == "stderr":
             self._stderr_tail = (self._stderr_tail + data)[-STDERR_TAIL:]
         fits = self.quotas.add_output(len(data))
-        if fits:
-            self._on_out[name](data[:fits] if fits < len(data) else data)
+        try:
+            if fits:
+                self._on_out[name](data[:fits] if fits < len(data) else data)
+        except OSError:  # the sink is gone (our stdout was a pipe whose reader went away)
+            self.drop_output(name)
         if self.quotas.over_output and self._ended is None:
             limit = self.quotas.quotas.output_bytes
             self._audit(
