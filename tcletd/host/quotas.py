@@ -60,7 +60,8 @@ _U64_MAX = 2**64 - 1
 CONNECT_WINDOW = 1.0  # seconds
 # A tclet whose requests keep being refused (a quota or the policy) more than REFUSALS_PER_SECOND
 # times a second gets each further refusal only after REFUSAL_PAUSE: its worker waits, so a loop
-# of refused requests costs the host (and the machine) ~20 answers a second, not thousands.
+# of refused requests costs the host (and the machine) a few dozen answers a second, not
+# thousands.
 REFUSALS_PER_SECOND = 50
 REFUSAL_PAUSE = 0.05  # seconds
 

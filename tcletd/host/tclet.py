@@ -454,10 +454,10 @@ class Tclet:
         if self.policy_fixed:
             self._audit("policy", requested=name, decision="refused", why="already loaded")
             raise RequestError(f'security policy "{self.policy.name}" already loaded')
-        # Only a shipped policy, by name: never a path the tclet chose, whatever the master
-        # config's globs would match.
-        if name not in known_policies() or not self.s.master.allows(name, self.origin):
-            why = "master config" if name in known_policies() else "unknown policy"
+        # Only a shipped policy, by name: never a path, whatever the master config's globs say.
+        shipped = name in known_policies()
+        if not shipped or not self.s.master.allows(name, self.origin):
+            why = "master config" if shipped else "unknown policy"
             self._audit("policy", requested=name, decision="refused", why=why)
             raise RequestError(f'permission denied: policy "{name}" not allowed for this origin')
         try:

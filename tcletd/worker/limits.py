@@ -164,7 +164,9 @@ proc ::tcletd::Rebudget {total} {
     namespace upvar ::tcletd::budget total was start start value value
     if {$total > 0} {
         foreach path [dict keys $start] {
-            interp limit $path commands -command [list ::tcletd::OnLimit $path]
+            if {[interp exists $path]} {
+                interp limit $path commands -command [list ::tcletd::OnLimit $path]
+            }
         }
         set was $total
         Tighten

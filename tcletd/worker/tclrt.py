@@ -372,9 +372,13 @@ class TclRuntime:
         # The limits move with the policy: the command budget here, the OS backstops in the
         # sandbox (through on_policy, set by the worker's main).
         self.commands = grant.commands
-        self.tk.call("::tcletd::Rebudget", str(enforced_budget(grant.commands)))
-        if self.on_policy is not None:
-            self.on_policy(grant)
+        try:
+            self.tk.call("::tcletd::Rebudget", str(enforced_budget(grant.commands)))
+            if self.on_policy is not None:
+                self.on_policy(grant)
+        except Exception as exc:  # the host granted it: a worker that cannot follow ends
+            self._fail(exc)
+            return ("error", "policy request failed", ("NONE",))
         return ("ok", name)
 
     def _py_drain(self) -> str:
