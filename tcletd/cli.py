@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from tcletd import runner
 
             if args.socket is None:
-                args.socket = str(client_default_socket())
+                args.socket = client_default_socket()
             return runner.serve(args)
         if args.command in ("version", "doctor"):
             from tcletd import runner

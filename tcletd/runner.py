@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from tcletd import __version__
 from tcletd.client import default_origin, embed_args, read_script, status_line
 from tcletd.errors import EXIT_CONFIG, TcletdError
+from tcletd.states import signal_ending
 
 if TYPE_CHECKING:
     import asyncio
@@ -41,7 +42,7 @@ async def _take_signals(queue: asyncio.Queue[int], tclet: Tclet, show: Callable[
         if signum == signal.SIGUSR1:
             show()
         else:
-            await tclet.end(f"tcletd got {signal.Signals(signum).name}", 128 + signum)
+            await tclet.end(*signal_ending(signum))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""The vocabulary of a tclet's life, shared by host, worker and CLI (no logic).
+"""The vocabulary of a tclet's life, shared by host, worker and CLI.
 
 Both sides of the trust boundary import it; the host never trusts a state a worker reports
 beyond displaying it: limits are enforced from what the host measures itself.
@@ -7,6 +7,7 @@ beyond displaying it: limits are enforced from what the host measures itself.
 from __future__ import annotations
 
 import enum
+import signal
 from dataclasses import dataclass, field
 
 
@@ -30,6 +31,11 @@ BUSY_AFTER = 1.0
 EXIT_WALL_LIMIT = 124
 EXIT_KILLED = 137
 EXIT_TERMINATED = 143
+
+
+def signal_ending(signum: int) -> tuple[str, int]:
+    """The reason and status of a tclet ended because tcletd (or its client) got ``signum``."""
+    return f"tcletd got {signal.Signals(signum).name}", 128 + signum
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from tcletd.api import Host
 from tcletd.client import MAX_SCRIPT, FrameError, FrameReader, encode
 from tcletd.errors import EXIT_SOFTWARE, EXIT_USAGE, TcletdError
 from tcletd.host.tclet import Tclet
-from tcletd.states import EXIT_TERMINATED
+from tcletd.states import EXIT_TERMINATED, signal_ending
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class ControlConnection(asyncio.Protocol):
             self._send({"event": "status", "tclets": [self.tclet.status()]})
         elif signum in ENDING:
             assert isinstance(signum, int)
-            self._spawn_end(f"tcletd got {signal.Signals(signum).name}", 128 + signum)
+            self._spawn_end(*signal_ending(signum))
         else:
             raise FrameError(f"signal: {signum!r} is not one a client may pass on")
 
