@@ -45,7 +45,7 @@ DEFAULT_MAX_SOCKETS = 1024
 
 
 def _write_to(stream: str) -> Callable[[bytes], None]:
-    # A closed pipe raises here, and the tclet's stream is dropped (Tclet.drop_output).
+    # A closed pipe raises here, and the tclet's stream is dropped (OutputRelay.drop).
     return functools.partial(write_own, stream)
 
 

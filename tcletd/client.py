@@ -25,7 +25,7 @@ from tcletd.errors import EXIT_UNAVAILABLE, ScriptNotFound, TcletdError
 
 MAX_HEADER = 64 * 1024
 MAX_SCRIPT = 16 * 1024 * 1024
-MAX_OUTPUT_CHUNK = 1024 * 1024  # the host sends output in chunks of at most READ_CHUNK bytes
+MAX_OUTPUT_CHUNK = 1024 * 1024  # the host sends chunks of at most READ_CHUNK (host/output.py)
 ENV_HOST = "TCLETD_HOST"
 # Signals a client passes on to its tclet: the tclet ends as it would under an embedded host.
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)

@@ -7,6 +7,7 @@ Heartbeats come from the worker's Tcl event loop; a tclet that does not return t
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -179,3 +180,62 @@ def test_a_cpu_hog_is_demoted_and_an_io_bound_tclet_is_not() -> None:
     hog_demoted, hog_nice, chatty_demoted, chatty_nice = asyncio.run(scenario())
     assert (hog_demoted, hog_nice) == (True, HOG_NICE)
     assert (chatty_demoted, chatty_nice) == (False, 0)
+
+
+def test_an_output_flood_is_demoted_and_read_at_a_bounded_pace(tmp_path: Path) -> None:
+    import psutil
+
+    from tcletd.host.output import PACED_READ
+    from tcletd.host.watchdog import HOG_NICE, HOG_OUTPUT
+
+    audit = tmp_path / "audit.jsonl"
+
+    async def scenario() -> tuple[list[float], int, int, bool, int, int]:
+        flood_at: list[float] = []  # when each stdout chunk reached the sink
+        flooded = 0
+        printed: list[bytes] = []
+
+        def flood_sink(data: bytes) -> None:
+            nonlocal flooded
+            flood_at.append(time.monotonic())
+            flooded += len(data)
+
+        async with Host(audit=audit) as host:
+            flood = host.launch(
+                "set line [string repeat x 1000]\nwhile 1 {puts $line}\n",
+                policy="trusted",
+                limits=["output_bytes=1GiB"],
+                on_stdout=flood_sink,
+                on_stderr=lambda _b: None,
+            )
+            # Well-behaved output: 20 lines of 100 bytes a second, each flushed.
+            quiet = host.launch(
+                "for {set i 0} {$i < 20} {incr i} {puts [string repeat q 99]; after 50}\n",
+                policy="trusted",
+                on_stdout=printed.append,
+                on_stderr=lambda _b: None,
+            )
+            await _until(lambda: flood.demoted, timeout=10)
+            assert flood.worker is not None and quiet.worker is not None
+            flood_nice = psutil.Process(flood.worker.pid).nice()
+            quiet_nice = psutil.Process(quiet.worker.pid).nice()
+            demoted_at = len(flood_at)
+            await asyncio.sleep(1.0)
+            paced = flood_at[demoted_at:]
+            await quiet.wait()
+            await flood.end("test over")
+            await flood.wait()
+            gaps = [b - a for a, b in itertools.pairwise(paced)]
+            return gaps, flood_nice, flooded, quiet.demoted, quiet_nice, len(b"".join(printed))
+
+    gaps, flood_nice, flooded, quiet_demoted, quiet_nice, quiet_bytes = asyncio.run(scenario())
+    assert flood_nice == HOG_NICE
+    assert flooded >= HOG_OUTPUT
+    # Paced: a second of flood after the demotion came in chunks at least PACED_READ apart.
+    assert len(gaps) >= 10, gaps
+    assert min(gaps) >= PACED_READ * 0.9, min(gaps)
+    assert (quiet_demoted, quiet_nice, quiet_bytes) == (False, 0, 20 * 100)
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    demoted = [r for r in records if r["event"] == "demoted"]
+    assert len(demoted) == 1, demoted
+    assert demoted[0]["output_bytes"] >= HOG_OUTPUT and demoted[0]["nice"] == HOG_NICE

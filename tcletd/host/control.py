@@ -107,11 +107,11 @@ class ControlConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self.tclet is not None:
-            self.tclet.hold_output(True)
+            self.tclet.output.hold(True)
 
     def resume_writing(self) -> None:
         if self.tclet is not None:
-            self.tclet.hold_output(False)
+            self.tclet.output.hold(False)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.tclet is not None and self.follow is not None and not self.follow.done():
@@ -131,7 +131,7 @@ class ControlConnection(asyncio.Protocol):
             self._signal(header.get("signum"))
         elif op == "drop" and header.get("stream") in ("stdout", "stderr"):
             if self.tclet is not None:  # the client's own stream is gone (a closed pipe)
-                self.tclet.drop_output(str(header["stream"]))
+                self.tclet.output.drop(str(header["stream"]))
         else:
             raise FrameError(f"unknown op {op!r} (expected run, status, signal or drop)")
 

@@ -7,10 +7,9 @@ peer, streams the worker's output to the embedder, knows its liveness state from
 it at a limit, and cleans every host-side resource up when the worker ends.
 
 Fairness: a tclet cannot make the host work for it without bound. Requests: one in flight per
-worker. Output: one chunk of at most ``READ_CHUNK`` bytes is read per readiness event and handed
-to the sink at once; the host keeps no output queue, so a worker that writes faster than the sink
-takes fills its socketpair and its own blocking stdout pushes back on it alone. Watchdog looks:
-bounded by the tclet's socket quota (:mod:`tcletd.host.watchdog`).
+worker. Output: bounded reads, no queue, paced once the worker is demoted
+(:mod:`tcletd.host.output`). Watchdog looks: bounded by the tclet's socket quota
+(:mod:`tcletd.host.watchdog`). A worker that hogs a core or the host's reading is demoted.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import contextlib
 import signal
 import socket
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -29,6 +28,7 @@ from tcletd.errors import ConfigError, ProtocolViolation, RequestError
 from tcletd.host.audit import AuditLog, TcletRecords
 from tcletd.host.broker import Audit, Broker, shut, start_eagerly
 from tcletd.host.hub import Hub, Peer
+from tcletd.host.output import OutputRelay, OutputSink
 from tcletd.host.quotas import HostTotals, QuotaRefused, TcletQuotas, granted, output_reason
 from tcletd.host.sockets import SocketTable
 from tcletd.host.supervisor import Supervisor, WorkerProcess
@@ -42,10 +42,6 @@ from tcletd.host.watchdog import (
 from tcletd.policy import Origin, Policy, known_policies, load_policy
 from tcletd.policyfile import MasterConfig
 from tcletd.states import BUSY_AFTER, EXIT_KILLED, EXIT_TERMINATED, TcletResult, TcletState
-
-OutputSink = Callable[[bytes], None]
-READ_CHUNK = 65536
-STDERR_TAIL = 256
 
 
 @dataclass
@@ -84,21 +80,25 @@ class Tclet:
         self.policy = policy
         self.origin = origin
         self.policy_fixed = policy_fixed
-        self._on_out = {"stdout": on_stdout, "stderr": on_stderr}
         self._audit = TcletRecords(services.audit, self.id, origin.url, lambda: self.policy.name)
         self._overrides = tuple(overrides)
         self.quotas = TcletQuotas(policy.quotas, services.totals)
         self.sockets = SocketTable(services.loop, self.quotas)
+        self.output = OutputRelay(
+            services.loop,
+            self.quotas,
+            {"stdout": on_stdout, "stderr": on_stderr},
+            on_over_quota=self._over_output_quota,
+            on_hog=self._output_hog,
+        )
         self.state = TcletState.STARTING
-        self.demoted = False  # its worker's priority was lowered for hogging a core
+        self.demoted = False  # its worker's priority was lowered for hogging a core or output
         self.launched_at = time.monotonic()
         self._last_beat = self.launched_at
         self._commands = 0  # the worker's last reported ``info cmdcount`` (display only)
-        self._stderr_tail = b""  # the last words of a worker that died (see breach_from_death)
         self._busy = False
         # (reason, status) once the host has decided to end the tclet; the first decision wins.
         self._ended: tuple[str, int] | None = None
-        self._eof: dict[str, asyncio.Future[None]] = {}
         self.worker: WorkerProcess | None = None
         self._meter: Meter | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -116,8 +116,7 @@ class Tclet:
         self.s.tclets[self.id] = self
         self._meter = Meter(self.worker.pid)
         self.sockets.attach(self.worker.fdsock)
-        self._eof = {name: self.s.loop.create_future() for name in ("stdout", "stderr")}
-        self.hold_output(False)
+        self.output.start(self.worker.stdout, self.worker.stderr)
         self._audit("launch", pid=self.worker.pid, script=self.spec.script_name, **audit)
         self._finished = self.s.loop.create_task(self._finish(), name=f"tclet-{self.id[:8]}")
 
@@ -130,13 +129,12 @@ class Tclet:
         """Wait for the worker to end and its output to drain, then release everything."""
         assert self.worker is not None and self._meter is not None
         status = await self.worker.exited
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*self._eof.values()), 2.0)
+        await self.output.drained(2.0)
         await self._last_words(status)
         self.release()
         if self._ended is None:
             found = breach_from_death(
-                self.policy.limits, status, self._meter.usage, self._stderr_tail
+                self.policy.limits, status, self._meter.usage, self.output.stderr_tail
             )
             if found is not None:
                 self._audit.breach(found)
@@ -217,10 +215,8 @@ class Tclet:
         self.quotas.free_all()
         for task in self._tasks:
             task.cancel()
+        self.output.stop()
         if self.worker is not None:
-            for sock in (self.worker.stdout, self.worker.stderr):
-                with contextlib.suppress(ValueError, OSError):
-                    self.s.loop.remove_reader(sock.fileno())
             self.s.supervisor.forget(self.worker)
 
     def _spawn(self, coro: Coroutine[None, None, None]) -> None:
@@ -247,13 +243,19 @@ class Tclet:
         self._update_liveness(now)
 
     def _demote_if_hog(self, now: float) -> None:
-        assert self._meter is not None and self.worker is not None
+        assert self._meter is not None
         if self.demoted:
             return  # for life: no need to keep sampling its window
         share = self._meter.hogging(now)
-        if share and self.worker.renice(HOG_NICE):
+        if share:
+            self._demote(cpu_share=round(share, 2))
+
+    def _demote(self, **why: object) -> None:
+        """Lower the worker's priority for the rest of its life and pace its output."""
+        if not self.demoted and self.worker is not None and self.worker.renice(HOG_NICE):
             self.demoted = True
-            self._audit("demoted", cpu_share=round(share, 2), nice=HOG_NICE)
+            self.output.pace()
+            self._audit("demoted", **why, nice=HOG_NICE)
 
     def _enforce_byte_quotas(self) -> None:
         over = self.quotas.over_bytes()
@@ -298,50 +300,16 @@ class Tclet:
 
     # ---- output -------------------------------------------------------------------------------
 
-    def hold_output(self, held: bool) -> None:
-        """Stop (or go on) reading the worker's output: a full sink blocks the worker's writes."""
-        if self.worker is None or self.s.tclets.get(self.id) is not self:
-            return  # not launched, or released (its output sockets are closed)
-        for name, sock in (("stdout", self.worker.stdout), ("stderr", self.worker.stderr)):
-            if held or self._eof[name].done():
-                self.s.loop.remove_reader(sock.fileno())
-            else:
-                self.s.loop.add_reader(sock.fileno(), self._read_output, name, sock)
-
-    def drop_output(self, name: str) -> None:
-        """Stop relaying ``name``; the worker's next write to it fails (EPIPE), as in tclsh."""
-        sock: socket.socket = getattr(self.worker, name)  # its stdout or stderr socketpair
-        if sock.fileno() >= 0:  # not released yet
-            self.s.loop.remove_reader(sock.fileno())
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RD)
-        if not self._eof[name].done():
-            self._eof[name].set_result(None)
-
-    def _read_output(self, name: str, sock: socket.socket) -> None:
-        try:
-            data = sock.recv(READ_CHUNK)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.drop_output(name)
-            return
-        if name == "stderr":
-            self._stderr_tail = (self._stderr_tail + data)[-STDERR_TAIL:]
-        fits = self.quotas.add_output(len(data))
-        try:
-            if fits:
-                self._on_out[name](data[:fits] if fits < len(data) else data)
-        except OSError:  # the sink is gone (our stdout was a pipe whose reader went away)
-            self.drop_output(name)
-        if self.quotas.over_output and self._ended is None:
+    def _over_output_quota(self) -> None:
+        if self._ended is None:
             limit = self.quotas.quotas.output_bytes
             self._audit(
                 "quota", quota="output_bytes", limit=limit, value=self.quotas.output, action="ended"
             )
             self._end_soon(output_reason(limit), EXIT_KILLED)
+
+    def _output_hog(self, window_bytes: int) -> None:
+        self._demote(output_bytes=window_bytes)
 
     # ---- requests -----------------------------------------------------------------------------
 

@@ -94,6 +94,10 @@ HOG_WINDOW = 0.1  # seconds
 HOG_SHARE = 0.3  # of one core, over the window
 HOG_SLEEPS = 20.0  # voluntary context switches per second, at most
 HOG_NICE = 19
+# An output hog keeps the host reading: HOG_OUTPUT bytes of output within one HOG_WINDOW (a
+# sustained 2.5 MiB/s). Its worker is demoted the moment it gets there, not at the next look: a
+# flood reaches a 1 MiB output quota in about 35 ms, well inside one window (tcletd.host.output).
+HOG_OUTPUT = 256 * 1024
 
 
 class Meter:
