@@ -49,12 +49,20 @@ class WorkerProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signum)
 
-    def renice(self, niceness: int) -> bool:
-        """Lower the worker's scheduling priority; False if it is gone."""
+    def demote(self, niceness: int) -> bool:
+        """Lower the worker's scheduling priority for good; False if it is gone.
+
+        Nice alone leaves a demoted worker its share of each slice: a nice-0 task that wakes
+        beside it can wait for that slice to run out. ``SCHED_IDLE`` is preempted by any normal
+        task on its wake-up, and needs no privilege (bench_isolation: attack p99 median 641 vs
+        773 us, 8 interleaved rounds). Niceness too, for the kernels and tools that read it.
+        """
         try:
             os.setpriority(os.PRIO_PROCESS, self.pid, niceness)
         except OSError:
             return False
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(self.pid, os.SCHED_IDLE, os.sched_param(0))
         return True
 
     def close_sockets(self) -> None:

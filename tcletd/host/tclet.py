@@ -252,10 +252,10 @@ class Tclet:
 
     def _demote(self, **why: object) -> None:
         """Lower the worker's priority for the rest of its life and pace its output."""
-        if not self.demoted and self.worker is not None and self.worker.renice(HOG_NICE):
+        if not self.demoted and self.worker is not None and self.worker.demote(HOG_NICE):
             self.demoted = True
             self.output.pace()
-            self._audit("demoted", **why, nice=HOG_NICE)
+            self._audit("demoted", **why, nice=HOG_NICE, sched="idle")
 
     def _enforce_byte_quotas(self) -> None:
         over = self.quotas.over_bytes()
@@ -320,6 +320,8 @@ class Tclet:
             self._heartbeat(msg)
         elif isinstance(msg, p.Hello):
             self._last_beat = time.monotonic()
+            if self._meter is not None:
+                self._meter.restart()
             if self._ended is None:
                 self._set_state(TcletState.SCRIPT)
         elif isinstance(msg, p.LimitHit):
