@@ -171,8 +171,6 @@ def test_a_cpu_hog_is_demoted_and_an_io_bound_tclet_is_not() -> None:
                 await _until(lambda: hog.demoted, timeout=5)
                 assert hog.worker is not None and chatty.worker is not None
                 hog_nice = psutil.Process(hog.worker.pid).nice()
-                assert os.sched_getscheduler(hog.worker.pid) == os.SCHED_IDLE
-                assert os.sched_getscheduler(chatty.worker.pid) == os.SCHED_OTHER
                 chatty_nice = psutil.Process(chatty.worker.pid).nice()
                 await chatty.wait()
                 await hog.end("test over")
@@ -220,7 +218,6 @@ def test_an_output_flood_is_demoted_and_read_at_a_bounded_pace(tmp_path: Path) -
             await _until(lambda: flood.demoted, timeout=10)
             assert flood.worker is not None and quiet.worker is not None
             flood_nice = psutil.Process(flood.worker.pid).nice()
-            assert os.sched_getscheduler(flood.worker.pid) == os.SCHED_IDLE
             quiet_nice = psutil.Process(quiet.worker.pid).nice()
             demoted_at = len(flood_at)
             await asyncio.sleep(1.0)
@@ -242,4 +239,3 @@ def test_an_output_flood_is_demoted_and_read_at_a_bounded_pace(tmp_path: Path) -
     demoted = [r for r in records if r["event"] == "demoted"]
     assert len(demoted) == 1, demoted
     assert demoted[0]["output_bytes"] >= HOG_OUTPUT and demoted[0]["nice"] == HOG_NICE
-    assert demoted[0]["sched"] == "idle"

@@ -52,17 +52,15 @@ class WorkerProcess:
     def demote(self, niceness: int) -> bool:
         """Lower the worker's scheduling priority for good; False if it is gone.
 
-        Nice alone leaves a demoted worker its share of each slice: a nice-0 task that wakes
-        beside it can wait for that slice to run out. ``SCHED_IDLE`` is preempted by any normal
-        task on its wake-up, and needs no privilege (bench_isolation: attack p99 median 641 vs
-        773 us, 8 interleaved rounds). Niceness too, for the kernels and tools that read it.
+        Nice only, not ``SCHED_IDLE``: in interleaved runs of bench_isolation.py on 2 cores,
+        hogs under ``SCHED_IDLE`` delayed the probe more (attack p99 median 422 vs 324 us over
+        8 rounds; 331 vs 243 us with two spinners alone), and an idle-class worker could be
+        starved of the CPU it needs to exit.
         """
         try:
             os.setpriority(os.PRIO_PROCESS, self.pid, niceness)
         except OSError:
             return False
-        with contextlib.suppress(OSError):
-            os.sched_setscheduler(self.pid, os.SCHED_IDLE, os.sched_param(0))
         return True
 
     def close_sockets(self) -> None:

@@ -255,7 +255,7 @@ class Tclet:
         if not self.demoted and self.worker is not None and self.worker.demote(HOG_NICE):
             self.demoted = True
             self.output.pace()
-            self._audit("demoted", **why, nice=HOG_NICE, sched="idle")
+            self._audit("demoted", **why, nice=HOG_NICE)
 
     def _enforce_byte_quotas(self) -> None:
         over = self.quotas.over_bytes()

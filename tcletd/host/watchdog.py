@@ -84,9 +84,9 @@ def breach(limit: str, maximum: float, value: float, source: str = "host") -> Br
 
 # A CPU hog is a worker that computes without ever sleeping: over the last HOG_WINDOW it used at
 # least HOG_SHARE of a core and its main thread slept (voluntary context switches) fewer than
-# HOG_SLEEPS times a second. The host lowers its scheduling priority (SCHED_IDLE, HOG_NICE) for
-# the rest of its life, so that on a small machine a spinning tclet cannot delay its neighbours'
-# wake-ups (bench/bench_isolation.py). CPU share alone does not tell a hog: under contention three
+# HOG_SLEEPS times a second. The host lowers its scheduling priority to HOG_NICE for the rest of
+# its life, so that on a small machine a spinning tclet cannot delay its neighbours' wake-ups
+# (bench/bench_isolation.py). CPU share alone does not tell a hog: under contention three
 # spinners on two cores get 0.66 each, and a busy I/O-bound tclet can use as much; but an
 # I/O-bound tclet sleeps thousands of times a second, and a spinner (a loop, an `after 0` storm,
 # a memory bomb) not at all.
