@@ -239,3 +239,29 @@ def test_an_output_flood_is_demoted_and_read_at_a_bounded_pace(tmp_path: Path) -
     demoted = [r for r in records if r["event"] == "demoted"]
     assert len(demoted) == 1, demoted
     assert demoted[0]["output_bytes"] >= HOG_OUTPUT and demoted[0]["nice"] == HOG_NICE
+
+
+def test_a_spinner_is_demoted_by_its_first_look_before_any_tick(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The look HOG_WINDOW into the script, not the periodic tick, demotes a spinner: with the
+    watchdog's ticks stopped, it still is; a tclet that sleeps from its start is not."""
+    import psutil
+
+    from tcletd.host.watchdog import HOG_NICE, Watchdog
+
+    monkeypatch.setattr(Watchdog, "start", lambda self, loop: None)
+
+    async def scenario() -> tuple[bool, int, bool]:
+        async with Host() as host:
+            hog = host.launch("while 1 {incr i}", policy="trusted", **QUIET)  # type: ignore[arg-type]
+            sleeper = host.launch("after 3000", policy="trusted", **QUIET)  # type: ignore[arg-type]
+            await _until(lambda: hog.demoted, timeout=10)
+            assert hog.worker is not None
+            nice = psutil.Process(hog.worker.pid).nice()
+            await hog.end("test over")
+            await hog.wait()
+            await sleeper.wait()
+            return hog.demoted, nice, sleeper.demoted
+
+    assert asyncio.run(scenario()) == (True, HOG_NICE, False)

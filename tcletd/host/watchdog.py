@@ -126,9 +126,12 @@ class Meter:
                 self.usage = Usage(times.user + times.system, rss)
         return self.usage
 
-    def restart(self) -> None:
-        """Forget the window: the script starts now, and the worker's own start-up is not it."""
+    def restart(self, now: float) -> None:
+        """Start the window afresh from a measure taken now: the script starts, and the worker's
+        own start-up (which sleeps) is not part of it."""
         self._window.clear()
+        self.measure()
+        self._window.append((now, self.usage.cpu, self._sleeps))
 
     def hogging(self, now: float) -> float:
         """The CPU share over the last window if the worker spun through it, else 0."""
