@@ -265,3 +265,29 @@ def test_a_spinner_is_demoted_by_its_first_look_before_any_tick(
             return hog.demoted, nice, sleeper.demoted
 
     assert asyncio.run(scenario()) == (True, HOG_NICE, False)
+
+
+def test_an_after_0_storm_is_demoted_though_it_sleeps_briefly() -> None:
+    """Tcl's notifier makes a storm of ``after 0`` events sleep over a hundred times a second at
+    a full core, each time for next to nothing: it was awake all along, so it is a hog."""
+    import psutil
+
+    from tcletd.host.watchdog import HOG_NICE
+
+    storm_script = (
+        "proc tick {} {after 0 tick}\n"
+        "for {set i 0} {$i < 1000} {incr i} {after 0 tick}\n"
+        "vwait forever\n"
+    )
+
+    async def scenario() -> tuple[bool, int]:
+        async with Host() as host:
+            storm = host.launch(storm_script, policy="trusted", **QUIET)  # type: ignore[arg-type]
+            await _until(lambda: storm.demoted, timeout=5)
+            assert storm.worker is not None
+            nice = psutil.Process(storm.worker.pid).nice()
+            await storm.end("test over")
+            await storm.wait()
+            return storm.demoted, nice
+
+    assert asyncio.run(scenario()) == (True, HOG_NICE)

@@ -82,22 +82,39 @@ def breach(limit: str, maximum: float, value: float, source: str = "host") -> Br
     return Breach(limit, maximum, value, limit_reason(limit, maximum), status, source)
 
 
-# A CPU hog is a worker that computes without ever sleeping: over the last HOG_WINDOW it used at
-# least HOG_SHARE of a core and its main thread slept (voluntary context switches) fewer than
-# HOG_SLEEPS times a second. The host lowers its scheduling priority to HOG_NICE for the rest of
-# its life, so that on a small machine a spinning tclet cannot delay its neighbours' wake-ups
+# A CPU hog is a worker that computes without really sleeping: over the last HOG_WINDOW its
+# main thread (the one running Tcl) ran for at least HOG_SHARE of a core (/proc/PID/schedstat)
+# and either slept (voluntary context switches) fewer than HOG_SLEEPS times a second, or slept
+# fewer than HOG_BRIEF_SLEEPS times a second for next to no time: it was running or runnable
+# for HOG_AWAKE of the window. The host lowers its scheduling priority to HOG_NICE for the rest
+# of its life, so that on a small machine a spinning tclet cannot delay its neighbours' wake-ups
 # (bench/bench_isolation.py). CPU share alone does not tell a hog: under contention three
-# spinners on two cores get 0.66 each, and a busy I/O-bound tclet can use as much; but an
-# I/O-bound tclet sleeps thousands of times a second, and a spinner (a loop, an `after 0` storm,
-# a memory bomb) not at all.
+# spinners on two cores get 0.66 each, and a busy I/O-bound tclet can use as much. Measured on
+# 2 cores beside two spinners: a tight echo loop sleeps 11,000-25,000 times a second and is
+# awake 0.71-0.88 of the time; a loop or a memory bomb sleeps never; an `after 0` storm sleeps
+# 0-180 times a second (Tcl's notifier between its events) and is awake 1.00 of the time. With
+# the sleep count alone, a storm on a quiet machine was never demoted.
 HOG_WINDOW = 0.1  # seconds
 HOG_SHARE = 0.3  # of one core, over the window
 HOG_SLEEPS = 20.0  # voluntary context switches per second, at most
+HOG_BRIEF_SLEEPS = 1000.0  # ... or at most this many, if it was awake HOG_AWAKE of the window
+HOG_AWAKE = 0.97
 HOG_NICE = 19
 # An output hog keeps the host reading: HOG_OUTPUT bytes of output within one HOG_WINDOW (a
 # sustained 2.5 MiB/s). Its worker is demoted the moment it gets there, not at the next look: a
-# flood reaches a 1 MiB output quota in about 35 ms, well inside one window (tcletd.host.output).
+# flood reaches a 1 MiB output quota in about 35 ms, inside one window (tcletd.host.output).
 HOG_OUTPUT = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The worker's main thread at one look: seconds run, seconds awake (running or runnable)
+    and sleeps, so far."""
+
+    time: float
+    ran: float
+    awake: float
+    sleeps: int
 
 
 class Meter:
@@ -105,45 +122,61 @@ class Meter:
 
     def __init__(self, pid: int) -> None:
         self.usage = Usage()
-        self._sleeps = 0  # voluntary context switches of the main thread so far
-        # (time, cpu seconds, voluntary switches), oldest first, spanning HOG_WINDOW
-        self._window: list[tuple[float, float, int]] = []
+        self._schedstat = f"/proc/{pid}/schedstat"  # its main thread's, in nanoseconds
+        self._last = Sample(0.0, 0.0, 0.0, 0)
+        self._window: list[Sample] = []  # oldest first, spanning HOG_WINDOW
         try:
             self._proc: psutil.Process | None = psutil.Process(pid)
         except psutil.Error:
             self._proc = None
 
-    def measure(self) -> Usage:
+    def measure(self, now: float | None = None) -> Usage:
         if self._proc is not None:
             try:
                 with self._proc.oneshot():
                     times = self._proc.cpu_times()
                     rss = self._proc.memory_info().rss
-                    self._sleeps = self._proc.num_ctx_switches().voluntary
+                    sleeps = self._proc.num_ctx_switches().voluntary
             except psutil.Error:
                 self._proc = None  # gone (or pid reused): the sentinel will tell the rest
             else:
                 self.usage = Usage(times.user + times.system, rss)
+                ran, awake = self._main_thread(self.usage.cpu)
+                self._last = Sample(time.monotonic() if now is None else now, ran, awake, sleeps)
         return self.usage
+
+    def _main_thread(self, cpu: float) -> tuple[float, float]:
+        """Seconds the main thread ran and was awake (ns precision; /proc/PID/stat counts 10 ms
+        ticks); the process's CPU time, and no awake time, where the kernel keeps no schedstat."""
+        try:
+            with open(self._schedstat, "rb") as f:
+                run_ns, wait_ns = f.read().split()[:2]
+            return int(run_ns) / 1e9, (int(run_ns) + int(wait_ns)) / 1e9
+        except (OSError, ValueError):
+            return cpu, 0.0
 
     def restart(self, now: float) -> None:
         """Start the window afresh from a measure taken now: the script starts, and the worker's
         own start-up (which sleeps) is not part of it."""
-        self._window.clear()
-        self.measure()
-        self._window.append((now, self.usage.cpu, self._sleeps))
+        self.measure(now)
+        self._window = [self._last]
 
     def hogging(self, now: float) -> float:
         """The CPU share over the last window if the worker spun through it, else 0."""
-        self._window.append((now, self.usage.cpu, self._sleeps))
-        while len(self._window) > 1 and now - self._window[1][0] >= HOG_WINDOW:
+        last = self._last
+        self._window.append(last)
+        while len(self._window) > 1 and now - self._window[1].time >= HOG_WINDOW:
             self._window.pop(0)
-        start, cpu, sleeps = self._window[0]
-        span = now - start
+        first = self._window[0]
+        span = last.time - first.time
         if span < HOG_WINDOW:
             return 0.0
-        share = (self.usage.cpu - cpu) / span
-        if share >= HOG_SHARE and (self._sleeps - sleeps) / span < HOG_SLEEPS:
+        share = (last.ran - first.ran) / span
+        sleeps = (last.sleeps - first.sleeps) / span
+        awake = (last.awake - first.awake) / span
+        if share >= HOG_SHARE and (
+            sleeps < HOG_SLEEPS or (sleeps < HOG_BRIEF_SLEEPS and awake >= HOG_AWAKE)
+        ):
             return share
         return 0.0
 

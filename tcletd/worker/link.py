@@ -66,7 +66,13 @@ class Link:
         self._replies: dict[int, p.HostMessage] = {}
         self._runtime: TclRuntime | None = None
         self._drain_scheduled = False
-        self._send(p.Hello(token=spec.token, pid=os.getpid()))
+        self._token = spec.token
+
+    def hello(self) -> None:
+        """The first message: the tclet's script starts now. Sent after the runtime is built and
+        the sandbox applied, so the host's first look at a spinner (HOG_WINDOW into the script)
+        sees the script, not the worker's own start-up, which sleeps."""
+        self._send(p.Hello(token=self._token, pid=os.getpid()))
 
     # ---- wiring into the Tcl event loop --------------------------------------------------
 

@@ -85,6 +85,7 @@ def run(spec_bytes: bytes, fdsock: socket.socket, out: socket.socket, err: socke
     runtime.prime()
     sandbox.apply(spec)
     runtime.on_policy = lambda grant: sandbox.follow(grant.nofile, grant.memory, grant.cpu)
+    link.hello()
     status = runtime.run()
     sys.stdout.flush()
     # Deliver what is still queued (a LimitHit, the last Closes) before the process goes.
