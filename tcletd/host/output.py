@@ -58,7 +58,7 @@ class OutputRelay:
         self._paused: dict[str, asyncio.TimerHandle] = {}  # paced streams between two reads
         self._held = False
         self._stopped = False
-        self.paced = False
+        self._paced = False
         self._window_start = 0.0
         self._window_bytes = 0
         self.stderr_tail = b""  # the last words of a worker that died
@@ -75,7 +75,7 @@ class OutputRelay:
 
     def pace(self) -> None:
         """Read at most one chunk per stream every PACED_READ from now on (a demoted worker)."""
-        self.paced = True
+        self._paced = True
 
     def drop(self, name: str) -> None:
         """Stop relaying ``name``; the worker's next write to it fails (EPIPE), as in tclsh."""
@@ -141,7 +141,7 @@ class OutputRelay:
             self.drop(name)
         if self._quotas.over_output:
             self._on_over_quota()
-        if self.paced:
+        if self._paced:
             self._pause(name)
         else:
             self._watch_rate(len(data))
