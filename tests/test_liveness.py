@@ -208,9 +208,10 @@ def test_an_output_flood_is_demoted_and_read_at_a_bounded_pace(tmp_path: Path) -
                 on_stdout=flood_sink,
                 on_stderr=lambda _b: None,
             )
-            # Well-behaved output: 20 lines of 100 bytes a second, each flushed.
+            # Well-behaved output beside it, for longer than the flood is watched: 20 lines of
+            # 100 bytes a second, each flushed, for 3 s.
             quiet = host.launch(
-                "for {set i 0} {$i < 20} {incr i} {puts [string repeat q 99]; after 50}\n",
+                "for {set i 0} {$i < 60} {incr i} {puts [string repeat q 99]; after 50}\n",
                 policy="trusted",
                 on_stdout=printed.append,
                 on_stderr=lambda _b: None,
@@ -234,7 +235,7 @@ def test_an_output_flood_is_demoted_and_read_at_a_bounded_pace(tmp_path: Path) -
     # Paced: a second of flood after the demotion came in chunks at least PACED_READ apart.
     assert len(gaps) >= 10, gaps
     assert min(gaps) >= PACED_READ * 0.9, min(gaps)
-    assert (quiet_demoted, quiet_nice, quiet_bytes) == (False, 0, 20 * 100)
+    assert (quiet_demoted, quiet_nice, quiet_bytes) == (False, 0, 60 * 100)
     records = [json.loads(line) for line in audit.read_text().splitlines()]
     demoted = [r for r in records if r["event"] == "demoted"]
     assert len(demoted) == 1, demoted
@@ -291,3 +292,31 @@ def test_an_after_0_storm_is_demoted_though_it_sleeps_briefly() -> None:
             return storm.demoted, nice
 
     assert asyncio.run(scenario()) == (True, HOG_NICE)
+
+
+def test_a_flood_alone_on_its_host_is_demoted_but_not_paced() -> None:
+    """Pacing protects neighbours; with none, a demoted tclet's output goes at full speed."""
+    from tcletd.host.output import PACED_READ
+
+    async def scenario() -> tuple[bool, int]:
+        chunks: list[float] = []
+        async with Host() as host:
+            flood = host.launch(
+                "set line [string repeat x 1000]\nwhile 1 {puts $line}\n",
+                policy="trusted",
+                limits=["output_bytes=1GiB"],
+                on_stdout=lambda _b: chunks.append(time.monotonic()),
+                on_stderr=lambda _b: None,
+            )
+            await _until(lambda: flood.demoted, timeout=10)
+            since = len(chunks)
+            await asyncio.sleep(0.5)
+            after = len(chunks) - since
+            await flood.end("test over")
+            await flood.wait()
+            return flood.demoted, after
+
+    demoted, chunks_in_half_a_second = asyncio.run(scenario())
+    assert demoted
+    # Paced, half a second holds at most 0.5 / PACED_READ chunks (50); unpaced, thousands.
+    assert chunks_in_half_a_second > 4 * 0.5 / PACED_READ, chunks_in_half_a_second

@@ -91,6 +91,7 @@ class Tclet:
             {"stdout": on_stdout, "stderr": on_stderr},
             on_over_quota=self._over_output_quota,
             on_hog=self._output_hog,
+            crowded=lambda: len(services.tclets) > 1,
         )
         self.state = TcletState.STARTING
         self.demoted = False  # its worker's priority was lowered for hogging a core or output
