@@ -58,6 +58,9 @@ class WorkerSpec(msgspec.Struct, frozen=True):
 
 
 class Hello(msgspec.Struct, tag=True, frozen=True):
+    """The worker's first message, sent as its tclet's script starts; the launch token says the
+    worker is the one the host launched."""
+
     token: Short
     pid: int
 
