@@ -171,6 +171,9 @@ def test_a_cpu_hog_is_demoted_and_an_io_bound_tclet_is_not() -> None:
                 await _until(lambda: hog.demoted, timeout=5)
                 assert hog.worker is not None and chatty.worker is not None
                 hog_nice = psutil.Process(hog.worker.pid).nice()
+                tids = [t.id for t in psutil.Process(hog.worker.pid).threads()]
+                assert len(tids) > 1  # libzmq's and Tcl's threads beside the main one
+                assert {os.getpriority(os.PRIO_PROCESS, tid) for tid in tids} == {HOG_NICE}
                 chatty_nice = psutil.Process(chatty.worker.pid).nice()
                 await chatty.wait()
                 await hog.end("test over")
