@@ -7,7 +7,7 @@ peer, streams the worker's output to the embedder, knows its liveness state from
 it at a limit, and cleans every host-side resource up when the worker ends.
 
 Fairness: a tclet cannot make the host work for it without bound. Requests: one in flight per
-worker. Output: bounded reads, no queue, paced once the worker is demoted
+worker. Output: bounded reads, no queue, paced while a demoted worker has neighbours
 (:mod:`tcletd.host.output`). Watchdog looks: bounded by the tclet's socket quota
 (:mod:`tcletd.host.watchdog`). A worker that hogs a core or the host's reading is demoted.
 """
@@ -330,7 +330,7 @@ class Tclet:
         elif isinstance(msg, p.Hello):
             self._last_beat = time.monotonic()
             if self._meter is not None:
-                self._meter.restart(self._last_beat)
+                self._meter.restart()
                 self.s.loop.call_later(HOG_WINDOW, self._first_look)
             if self._ended is None:
                 self._set_state(TcletState.SCRIPT)

@@ -130,7 +130,7 @@ class Meter:
         except psutil.Error:
             self._proc = None
 
-    def measure(self, now: float | None = None) -> Usage:
+    def measure(self) -> Usage:
         if self._proc is not None:
             try:
                 with self._proc.oneshot():
@@ -142,7 +142,7 @@ class Meter:
             else:
                 self.usage = Usage(times.user + times.system, rss)
                 ran, awake = self._main_thread(self.usage.cpu)
-                self._last = Sample(time.monotonic() if now is None else now, ran, awake, sleeps)
+                self._last = Sample(time.monotonic(), ran, awake, sleeps)
         return self.usage
 
     def _main_thread(self, cpu: float) -> tuple[float, float]:
@@ -155,10 +155,10 @@ class Meter:
         except (OSError, ValueError):
             return cpu, 0.0
 
-    def restart(self, now: float) -> None:
+    def restart(self) -> None:
         """Start the window afresh from a measure taken now: the script starts, and the worker's
         own start-up (which sleeps) is not part of it."""
-        self.measure(now)
+        self.measure()
         self._window = [self._last]
 
     def hogging(self, now: float) -> float:
