@@ -29,8 +29,10 @@ Targets (issue 4): echo p99 under attack <= 1.5 x alone; the host's answer to a 
 under 50 ms p99 throughout. Figures are medians over the rounds. The machine has 2 cores and
 two of the hostile tclets burn CPU as fast as they can until their cpu limit, so the probe
 competes with them for a core. The host itself demotes a worker that kept a core busy (CPU
-time, not run-queue time) without sleeping for 0.1 s to nice 19
-(``tcletd.host.watchdog.HOG_*``), which is what the default run measures. ``--nice-hostile``
+time, not run-queue time) without sleeping for 0.1 s to the idle scheduling class
+(``tcletd.host.watchdog.HOG_*``), and starts the next tclets of its site demoted (the penalty
+box; the hostile tclets come from a site of their own, ``--same-origin`` puts them in the
+probes' site), which is what the default run measures. ``--nice-hostile``
 renices each hostile worker to 10 from this driver right after launch (an oracle that knows
 which tclets are hostile, for comparison);
 ``--demote-hogs`` is an earlier experiment that renices any worker, probes included, that was
@@ -60,6 +62,10 @@ from tcletd.policy import Policy, load_policy
 
 HOST = "127.0.0.1"
 ORIGIN = f"http://{HOST}/"  # home policy: connect back to the origin host, ports > 1024
+# The hostile tclets come from another site (another port of the same host, so that the same
+# policy lets them connect back): the host's penalty box holds a site whose tclets hog, and a
+# probe from the attacker's own site would start demoted too (--same-origin).
+HOSTILE_ORIGIN = f"http://{HOST}:8080/"
 DENIED_PORT = 80  # home policy: below 1025, refused by the policy check, no socket made
 
 # --demote-hogs: a worker whose CPU demand (running + runnable) was above this share of the
@@ -255,7 +261,7 @@ class Bench:
                 script,
                 script_name=f"{name}.tcl",
                 policy=policy,
-                origin=ORIGIN,
+                origin=ORIGIN if self.args.same_origin else HOSTILE_ORIGIN,
                 argv=[HOST, str(self.hostile_port)],
                 on_stdout=lambda _b: None,
                 on_stderr=lambda _b: None,
@@ -468,6 +474,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--shared-server",
         action="store_true",
         help="hostile tclets connect to the probes' own echo server (as before 2026-11-22)",
+    )
+    ap.add_argument(
+        "--same-origin",
+        action="store_true",
+        help="the hostile tclets come from the probes' origin (the penalty box then holds both)",
     )
     ap.add_argument("--json", metavar="FILE", help="also write the raw figures as JSON")
     raw = list(sys.argv[1:] if argv is None else argv)

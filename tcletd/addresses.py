@@ -341,6 +341,14 @@ class Origin:
             base + path + query, home, proto, host, socket_host, port, path, parts.fragment, True
         )
 
+    @property
+    def site(self) -> str:
+        """Scheme, host and port without the path (``http://127.0.0.1:80``): what the web calls
+        an origin, and what the host's penalty box holds; every unknown origin is one site."""
+        if not self.known:
+            return self.url
+        return self.home_dir_url[: len(self.home_dir_url) - self.path.rfind("/") - 1]
+
     def variables(self) -> dict[str, str]:
         return {
             "originURL": self.url,

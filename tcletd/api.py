@@ -31,7 +31,7 @@ from tcletd.host.hub import Hub
 from tcletd.host.quotas import HostFull, HostTotals, ceilings, workers_message
 from tcletd.host.supervisor import Supervisor
 from tcletd.host.tclet import Services, Tclet
-from tcletd.host.watchdog import Watchdog
+from tcletd.host.watchdog import PENALTY, PenaltyBox, Watchdog
 from tcletd.policy import Origin, Policy, load_policy
 from tcletd.policyfile import MasterConfig, load_master
 from tcletd.states import EXIT_TERMINATED, TcletResult
@@ -60,8 +60,14 @@ class Host:
         grace: float = 0.5,
         max_workers: int = DEFAULT_MAX_WORKERS,
         max_sockets: int = DEFAULT_MAX_SOCKETS,
+        penalty: float = PENALTY,
     ) -> None:
-        """``grace``: seconds between SIGTERM and SIGKILL when the host ends a worker."""
+        """``grace``: seconds between SIGTERM and SIGKILL when the host ends a worker;
+        ``penalty``: seconds a site whose tclet hogged stays in the penalty box, where its
+        tclets start demoted (0: no box)."""
+        if not penalty >= 0:
+            raise ValueError(f"Host(penalty=...): seconds must be 0 or more, not {penalty!r}")
+        self._penalty = penalty
         self._audit_path = audit
         self._master_path = master
         self._grace = grace
@@ -99,6 +105,7 @@ class Host:
             audit=AuditLog(self._audit_path),
             master=master,
             totals=self._totals,
+            penalties=PenaltyBox(self._penalty),
         )
         self._watchdog = Watchdog(self._services.tclets)
         self._watchdog.start(loop)

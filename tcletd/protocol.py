@@ -52,6 +52,8 @@ class WorkerSpec(msgspec.Struct, frozen=True):
     nofile_max: int = -1
     memory_max: int = -1
     cpu_max: float = -1.0
+    # Start in the idle scheduling class: the tclet's origin is in the host's penalty box.
+    demoted: bool = False
 
 
 # ---- worker -> host -------------------------------------------------------------------------

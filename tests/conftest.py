@@ -1,13 +1,16 @@
-"""Shared fixtures: run ``tcletd`` as a real process, bounded in time and ended by PID."""
+"""Shared fixtures: run ``tcletd`` as a real process, bounded in time and ended by PID; wait for a
+host-side condition; read a worker's scheduling classes."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +19,20 @@ import pytest
 from tests.netutil import run_bounded
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+async def until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    """Poll a condition in the host's loop until it holds; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+def sched_classes(pid: int) -> set[int]:
+    """The scheduling policies of every thread of a process (os.SCHED_IDLE once demoted)."""
+    return {os.sched_getscheduler(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
 
 
 @dataclass

@@ -21,7 +21,7 @@ import pytest
 
 from tcletd.api import Host
 from tcletd.states import BUSY_AFTER
-from tests.conftest import tcletd_process
+from tests.conftest import sched_classes, tcletd_process, until
 from tests.netutil import TcpServer, echo_handler
 
 pytestmark = pytest.mark.timeout(60)
@@ -42,14 +42,6 @@ def silent() -> Iterator[TcpServer]:
         done.set()
 
 
-async def _until(predicate: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
-
-
 def test_blocked_tclet_is_busy_idle_tclet_is_idle(silent: TcpServer, tmp_path: Path) -> None:
     audit = tmp_path / "audit.jsonl"
 
@@ -59,7 +51,7 @@ def test_blocked_tclet_is_busy_idle_tclet_is_idle(silent: TcpServer, tmp_path: P
                 f"set s [socket 127.0.0.1 {silent.port}]\ngets $s\n", policy="trusted", **QUIET
             )
             idle = host.launch("after 20000 {exit 0}", policy="home", **QUIET)  # type: ignore[arg-type]
-            await _until(lambda: idle.state.value == "idle")
+            await until(lambda: idle.state.value == "idle")
             # Let the blocked one stay silent for longer than BUSY_AFTER.
             await asyncio.sleep(BUSY_AFTER + 0.5)
             states = {t["id"]: str(t["state"]) for t in host.status()}
@@ -153,11 +145,7 @@ def test_sigusr1_prints_a_status_line(tmp_path: Path) -> None:
 
 
 def test_a_cpu_hog_is_demoted_and_an_io_bound_tclet_is_not() -> None:
-    import psutil
-
-    from tcletd.host.watchdog import HOG_NICE
-
-    async def scenario() -> tuple[bool, int, bool, int]:
+    async def scenario() -> tuple[bool, set[int], int, bool, set[int]]:
         with TcpServer(echo_handler) as echo:
             async with Host() as host:
                 hog = host.launch("while 1 {incr i}", policy="trusted", **QUIET)
@@ -168,32 +156,30 @@ def test_a_cpu_hog_is_demoted_and_an_io_bound_tclet_is_not() -> None:
                     policy="trusted",
                     **QUIET,
                 )
-                await _until(lambda: hog.demoted, timeout=5)
+                await until(lambda: hog.demoted, timeout=5)
                 assert hog.worker is not None and chatty.worker is not None
-                hog_nice = psutil.Process(hog.worker.pid).nice()
-                tids = [t.id for t in psutil.Process(hog.worker.pid).threads()]
-                assert len(tids) > 1  # libzmq's and Tcl's threads beside the main one
-                assert {os.getpriority(os.PRIO_PROCESS, tid) for tid in tids} == {HOG_NICE}
-                chatty_nice = psutil.Process(chatty.worker.pid).nice()
+                # Every thread: libzmq's and Tcl's beside the main one.
+                threads = len(os.listdir(f"/proc/{hog.worker.pid}/task"))
+                hog_classes = sched_classes(hog.worker.pid)
+                chatty_classes = sched_classes(chatty.worker.pid)
                 await chatty.wait()
                 await hog.end("test over")
                 await hog.wait()
-                return hog.demoted, hog_nice, chatty.demoted, chatty_nice
+                return hog.demoted, hog_classes, threads, chatty.demoted, chatty_classes
 
-    hog_demoted, hog_nice, chatty_demoted, chatty_nice = asyncio.run(scenario())
-    assert (hog_demoted, hog_nice) == (True, HOG_NICE)
-    assert (chatty_demoted, chatty_nice) == (False, 0)
+    hog_demoted, hog_classes, threads, chatty_demoted, chatty_classes = asyncio.run(scenario())
+    assert (hog_demoted, hog_classes) == (True, {os.SCHED_IDLE})
+    assert threads > 1
+    assert (chatty_demoted, chatty_classes) == (False, {os.SCHED_OTHER})
 
 
 def test_an_output_flood_is_demoted_and_read_at_a_bounded_pace(tmp_path: Path) -> None:
-    import psutil
-
     from tcletd.host.output import PACED_READ
-    from tcletd.host.watchdog import HOG_NICE, HOG_OUTPUT
+    from tcletd.host.watchdog import HOG_OUTPUT
 
     audit = tmp_path / "audit.jsonl"
 
-    async def scenario() -> tuple[list[float], int, int, bool, int, int]:
+    async def scenario() -> tuple[list[float], set[int], int, bool, set[int], int]:
         flood_at: list[float] = []  # when each stdout chunk reached the sink
         flooded = 0
         printed: list[bytes] = []
@@ -219,10 +205,10 @@ def test_an_output_flood_is_demoted_and_read_at_a_bounded_pace(tmp_path: Path) -
                 on_stdout=printed.append,
                 on_stderr=lambda _b: None,
             )
-            await _until(lambda: flood.demoted, timeout=10)
+            await until(lambda: flood.demoted, timeout=10)
             assert flood.worker is not None and quiet.worker is not None
-            flood_nice = psutil.Process(flood.worker.pid).nice()
-            quiet_nice = psutil.Process(quiet.worker.pid).nice()
+            flood_cls = sched_classes(flood.worker.pid)
+            quiet_cls = sched_classes(quiet.worker.pid)
             demoted_at = len(flood_at)
             await asyncio.sleep(1.0)
             paced = flood_at[demoted_at:]
@@ -230,19 +216,19 @@ def test_an_output_flood_is_demoted_and_read_at_a_bounded_pace(tmp_path: Path) -
             await flood.end("test over")
             await flood.wait()
             gaps = [b - a for a, b in itertools.pairwise(paced)]
-            return gaps, flood_nice, flooded, quiet.demoted, quiet_nice, len(b"".join(printed))
+            return gaps, flood_cls, flooded, quiet.demoted, quiet_cls, len(b"".join(printed))
 
-    gaps, flood_nice, flooded, quiet_demoted, quiet_nice, quiet_bytes = asyncio.run(scenario())
-    assert flood_nice == HOG_NICE
+    gaps, flood_cls, flooded, quiet_demoted, quiet_cls, quiet_bytes = asyncio.run(scenario())
+    assert flood_cls == {os.SCHED_IDLE}
     assert flooded >= HOG_OUTPUT
     # Paced: a second of flood after the demotion came in chunks at least PACED_READ apart.
     assert len(gaps) >= 10, gaps
     assert min(gaps) >= PACED_READ * 0.9, min(gaps)
-    assert (quiet_demoted, quiet_nice, quiet_bytes) == (False, 0, 60 * 100)
+    assert (quiet_demoted, quiet_cls, quiet_bytes) == (False, {os.SCHED_OTHER}, 60 * 100)
     records = [json.loads(line) for line in audit.read_text().splitlines()]
     demoted = [r for r in records if r["event"] == "demoted"]
     assert len(demoted) == 1, demoted
-    assert demoted[0]["output_bytes"] >= HOG_OUTPUT and demoted[0]["nice"] == HOG_NICE
+    assert demoted[0]["output_bytes"] >= HOG_OUTPUT and demoted[0]["sched"] == "idle"
 
 
 def test_a_spinner_is_demoted_by_its_first_look_before_any_tick(
@@ -250,51 +236,45 @@ def test_a_spinner_is_demoted_by_its_first_look_before_any_tick(
 ) -> None:
     """The look HOG_WINDOW into the script, not the periodic tick, demotes a spinner: with the
     watchdog's ticks stopped, it still is; a tclet that sleeps from its start is not."""
-    import psutil
-
-    from tcletd.host.watchdog import HOG_NICE, Watchdog
+    from tcletd.host.watchdog import Watchdog
 
     monkeypatch.setattr(Watchdog, "start", lambda self, loop: None)
 
-    async def scenario() -> tuple[bool, int, bool]:
+    async def scenario() -> tuple[bool, set[int], bool]:
         async with Host() as host:
             hog = host.launch("while 1 {incr i}", policy="trusted", **QUIET)  # type: ignore[arg-type]
             sleeper = host.launch("after 3000", policy="trusted", **QUIET)  # type: ignore[arg-type]
-            await _until(lambda: hog.demoted, timeout=10)
+            await until(lambda: hog.demoted, timeout=10)
             assert hog.worker is not None
-            nice = psutil.Process(hog.worker.pid).nice()
+            classes = sched_classes(hog.worker.pid)
             await hog.end("test over")
             await hog.wait()
             await sleeper.wait()
-            return hog.demoted, nice, sleeper.demoted
+            return hog.demoted, classes, sleeper.demoted
 
-    assert asyncio.run(scenario()) == (True, HOG_NICE, False)
+    assert asyncio.run(scenario()) == (True, {os.SCHED_IDLE}, False)
 
 
 def test_an_after_0_storm_is_demoted_though_it_sleeps_briefly() -> None:
     """Tcl's notifier makes a storm of ``after 0`` events sleep over a hundred times a second at
     a full core, each time for next to nothing: it was awake all along, so it is a hog."""
-    import psutil
-
-    from tcletd.host.watchdog import HOG_NICE
-
     storm_script = (
         "proc tick {} {after 0 tick}\n"
         "for {set i 0} {$i < 1000} {incr i} {after 0 tick}\n"
         "vwait forever\n"
     )
 
-    async def scenario() -> tuple[bool, int]:
+    async def scenario() -> tuple[bool, set[int]]:
         async with Host() as host:
             storm = host.launch(storm_script, policy="trusted", **QUIET)  # type: ignore[arg-type]
-            await _until(lambda: storm.demoted, timeout=5)
+            await until(lambda: storm.demoted, timeout=5)
             assert storm.worker is not None
-            nice = psutil.Process(storm.worker.pid).nice()
+            classes = sched_classes(storm.worker.pid)
             await storm.end("test over")
             await storm.wait()
-            return storm.demoted, nice
+            return storm.demoted, classes
 
-    assert asyncio.run(scenario()) == (True, HOG_NICE)
+    assert asyncio.run(scenario()) == (True, {os.SCHED_IDLE})
 
 
 def test_a_flood_alone_on_its_host_is_demoted_but_not_paced() -> None:
@@ -311,7 +291,7 @@ def test_a_flood_alone_on_its_host_is_demoted_but_not_paced() -> None:
                 on_stdout=lambda _b: chunks.append(time.monotonic()),
                 on_stderr=lambda _b: None,
             )
-            await _until(lambda: flood.demoted, timeout=10)
+            await until(lambda: flood.demoted, timeout=10)
             since = len(chunks)
             await asyncio.sleep(0.5)
             after = len(chunks) - since

@@ -9,7 +9,8 @@ it at a limit, and cleans every host-side resource up when the worker ends.
 Fairness: a tclet cannot make the host work for it without bound. Requests: one in flight per
 worker. Output: bounded reads, no queue, paced while a demoted worker has neighbours
 (:mod:`tcletd.host.output`). Watchdog looks: bounded by the tclet's socket quota
-(:mod:`tcletd.host.watchdog`). A worker that hogs a core or the host's reading is demoted.
+(:mod:`tcletd.host.watchdog`). A worker that hogs a core or the host's reading is demoted, and
+its site starts its next tclets demoted for a while (the watchdog's PenaltyBox).
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ from tcletd.host.quotas import HostTotals, QuotaRefused, TcletQuotas, granted, o
 from tcletd.host.sockets import SocketTable
 from tcletd.host.supervisor import Supervisor, WorkerProcess
 from tcletd.host.watchdog import (
-    HOG_NICE,
     HOG_WINDOW,
+    OFFENCES,
+    Breach,
     Meter,
+    PenaltyBox,
     breach,
     breach_from_death,
     check_limits,
@@ -56,6 +59,7 @@ class Services:
     audit: AuditLog
     master: MasterConfig
     totals: HostTotals
+    penalties: PenaltyBox = field(default_factory=PenaltyBox)
     # Running tclets by id: the watchdog looks at these; a tclet leaves when it is released.
     tclets: dict[str, Tclet] = field(default_factory=dict)
 
@@ -94,7 +98,7 @@ class Tclet:
             crowded=lambda: len(services.tclets) > 1,
         )
         self.state = TcletState.STARTING
-        self.demoted = False  # its worker's priority was lowered for hogging a core or output
+        self.demoted = False  # its worker is in the idle class (a hog, or its origin's penalty)
         self.launched_at = time.monotonic()
         self._last_beat = self.launched_at
         self._commands = 0  # the worker's last reported ``info cmdcount`` (display only)
@@ -111,7 +115,8 @@ class Tclet:
     def launch(self, **audit: object) -> None:
         """Start the worker; ``audit`` fields go into the launch record (a client's pid, uid)."""
         self.s.hub.register(Peer(self.id, self.spec.token, self._on_message, self.violation))
-        self.worker = self.s.supervisor.launch(self.spec, self.s.loop)
+        boxed = self.s.penalties.holds(self.origin.site, time.monotonic())
+        self.worker = self.s.supervisor.launch(self.spec, self.s.loop, demoted=bool(boxed))
         # The wall clock runs from the worker's start (the first launch waits for the fork server).
         self.launched_at = self._last_beat = time.monotonic()
         self.s.totals.workers += 1
@@ -120,6 +125,8 @@ class Tclet:
         self.sockets.attach(self.worker.fdsock)
         self.output.start(self.worker.stdout, self.worker.stderr)
         self._audit("launch", pid=self.worker.pid, script=self.spec.script_name, **audit)
+        if boxed:
+            self._demote(offence=False, origin_penalty=round(boxed, 1))
         self._finished = self.s.loop.create_task(self._finish(), name=f"tclet-{self.id[:8]}")
 
     async def wait(self) -> TcletResult:
@@ -139,7 +146,7 @@ class Tclet:
                 self.policy.limits, status, self._meter.usage, self.output.stderr_tail
             )
             if found is not None:
-                self._audit.breach(found)
+                self._breached(found)
                 self._ended = (found.reason, found.status)
         if self._ended is not None:
             reason, status = self._ended
@@ -238,7 +245,7 @@ class Tclet:
         usage = self._meter.measure()
         found = check_limits(self.policy.limits, usage, now - self.launched_at)
         if found is not None:
-            self._audit.breach(found)
+            self._breached(found)
             self._end_soon(found.reason, found.status)
             return
         self._demote_if_hog(now)
@@ -259,12 +266,24 @@ class Tclet:
             self._meter.measure()
             self._demote_if_hog(time.monotonic())
 
-    def _demote(self, **why: object) -> None:
-        """Lower the worker's priority for the rest of its life and pace its output."""
-        if not self.demoted and self.worker is not None and self.worker.demote(HOG_NICE):
+    def _demote(self, *, offence: bool = True, **why: object) -> None:
+        """Idle class for the rest of the worker's life, output paced; a hog's site is boxed."""
+        if not self.demoted and self.worker is not None and self.worker.demote():
             self.demoted = True
             self.output.pace()
-            self._audit("demoted", **why, nice=HOG_NICE)
+            self._audit("demoted", **why, sched="idle")
+            if offence:
+                self._offend("demoted")
+
+    def _breached(self, found: Breach) -> None:
+        self._audit.breach(found)
+        if found.limit in OFFENCES:
+            self._offend(found.reason)
+
+    def _offend(self, why: str) -> None:
+        """Put the origin's site in the penalty box (audited as it enters), or keep it there."""
+        if self.s.penalties.offend(self.origin.site, time.monotonic()):
+            self._audit("penalty", site=self.origin.site, seconds=self.s.penalties.seconds, why=why)
 
     def _enforce_byte_quotas(self) -> None:
         over = self.quotas.over_bytes()
@@ -364,7 +383,7 @@ class Tclet:
         value = max(self._commands, maximum) if msg.limit == "commands" else maximum
         found = breach(msg.limit, maximum, value, "worker")
         if self._ended is None:
-            self._audit.breach(found)
+            self._breached(found)
         self._end_soon(found.reason, found.status, after=self.s.supervisor.grace)
 
     async def _answer(self, msg: p.Connect | p.Listen | p.RequestPolicy) -> None:

@@ -86,24 +86,71 @@ def breach(limit: str, maximum: float, value: float, source: str = "host") -> Br
 # main thread (the one running Tcl) ran for at least HOG_SHARE of a core (/proc/PID/schedstat)
 # and either slept (voluntary context switches) fewer than HOG_SLEEPS times a second, or slept
 # fewer than HOG_BRIEF_SLEEPS times a second for next to no time: it was running or runnable
-# for HOG_AWAKE of the window. The host lowers its scheduling priority to HOG_NICE for the rest
-# of its life, so that on a small machine a spinning tclet cannot delay its neighbours' wake-ups
-# (bench/bench_isolation.py). CPU share alone does not tell a hog: under contention three
-# spinners on two cores get 0.66 each, and a busy I/O-bound tclet can use as much. Measured on
-# 2 cores beside two spinners: a tight echo loop sleeps 11,000-25,000 times a second and is
-# awake 0.71-0.88 of the time; a loop or a memory bomb sleeps never; an `after 0` storm sleeps
-# 0-180 times a second (Tcl's notifier between its events) and is awake 1.00 of the time. With
-# the sleep count alone, a storm on a quiet machine was never demoted.
+# for HOG_AWAKE of the window. The host puts it in the idle scheduling class for the rest of its
+# life, so that on a small machine a spinning tclet cannot delay its neighbours' wake-ups
+# (bench/bench_isolation.py), and its origin in the PenaltyBox. CPU share alone does not tell a
+# hog: under contention three spinners on two cores get 0.66 each, and a busy I/O-bound tclet
+# can use as much. Measured on 2 cores beside two spinners: a tight echo loop sleeps
+# 11,000-25,000 times a second and is awake 0.71-0.88 of the time; a loop or a memory bomb
+# sleeps never; an `after 0` storm sleeps 0-180 times a second (Tcl's notifier between its
+# events) and is awake 1.00 of the time. With the sleep count alone, a storm on a quiet machine
+# was never demoted.
 HOG_WINDOW = 0.1  # seconds
 HOG_SHARE = 0.3  # of one core, over the window
 HOG_SLEEPS = 20.0  # voluntary context switches per second, at most
 HOG_BRIEF_SLEEPS = 1000.0  # ... or at most this many, if it was awake HOG_AWAKE of the window
 HOG_AWAKE = 0.97
-HOG_NICE = 19
 # An output hog keeps the host reading: HOG_OUTPUT bytes of output within one HOG_WINDOW (a
 # sustained 2.5 MiB/s). Its worker is demoted the moment it gets there, not at the next look: a
 # flood reaches a 1 MiB output quota in about 35 ms, inside one window (tcletd.host.output).
 HOG_OUTPUT = 256 * 1024
+
+
+# The penalty box: an origin one of whose tclets was demoted or reached its cpu, memory or
+# commands limit starts its next tclets demoted, until PENALTY seconds after its last offence.
+# Demotion comes a HOG_WINDOW into a script at the earliest, and a hostile script relaunched in a
+# loop would otherwise have that first window at normal priority every time: all its life, for a
+# memory bomb that reaches its limit in ~0.1 s. Measured with bench_isolation.py beside one
+# relaunched busy loop: probe echo p99 183 us, 146 us beside one that never ends (124 alone).
+# The origin is the embedder's word for where a tclet comes from, not the tclet's: a script
+# cannot leave the box by changing itself. At most PENALTY_ORIGINS are held, the least recent
+# offender leaving first.
+PENALTY = 60.0  # seconds
+PENALTY_ORIGINS = 4096
+OFFENCES = frozenset({"cpu", "memory", "commands"})  # limits whose breach is an offence
+
+
+class PenaltyBox:
+    """Origins whose tclets start demoted, each until PENALTY seconds after its last offence."""
+
+    def __init__(self, seconds: float = PENALTY, capacity: int = PENALTY_ORIGINS) -> None:
+        self.seconds = seconds
+        self.capacity = capacity
+        self._until: dict[str, float] = {}  # origin -> monotonic time; least recent first
+
+    def offend(self, origin: str, now: float) -> bool:
+        """Hold the origin until ``seconds`` from now; True if it was not held."""
+        if self.seconds <= 0:
+            return False
+        entered = not self.holds(origin, now)
+        self._until.pop(origin, None)
+        self._until[origin] = now + self.seconds
+        while len(self._until) > self.capacity:
+            del self._until[next(iter(self._until))]
+        return entered
+
+    def holds(self, origin: str, now: float) -> float:
+        """Seconds the origin stays in the box; 0 if it is not in it."""
+        until = self._until.get(origin)
+        if until is None:
+            return 0.0
+        if until <= now:
+            del self._until[origin]
+            return 0.0
+        return until - now
+
+    def __len__(self) -> int:
+        return len(self._until)
 
 
 @dataclass(frozen=True)

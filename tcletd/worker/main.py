@@ -78,6 +78,9 @@ def run(spec_bytes: bytes, fdsock: socket.socket, out: socket.socket, err: socke
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         os.write(2, f"tcletd worker: bad start arguments: {exc}\n".encode())
         os._exit(70)
+    if spec.demoted:
+        # Before the link and Tcl start their threads, so that every thread inherits the class.
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     link = Link(spec, fdsock)
     runtime = TclRuntime(spec, link)
     link.attach(runtime)
