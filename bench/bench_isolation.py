@@ -5,6 +5,8 @@
     .venv/bin/python bench/bench_isolation.py --only busy,storm --rounds 3
     .venv/bin/python bench/bench_isolation.py --nice-hostile   # experiment: hostile workers niced
     .venv/bin/python bench/bench_isolation.py --demote-hogs    # experiment: CPU hogs niced
+    .venv/bin/python bench/bench_isolation.py --one-site       # every attack from one site
+    .venv/bin/python bench/bench_isolation.py --penalty 0      # no penalty box
 
 One in-process :class:`tcletd.api.Host` runs, each round, twice (alternating which goes first):
 
@@ -31,10 +33,13 @@ two of the hostile tclets burn CPU as fast as they can until their cpu limit, so
 competes with them for a core. The host itself demotes a worker that kept a core busy (CPU
 time, not run-queue time) without sleeping for 0.1 s to the idle scheduling class
 (``tcletd.host.watchdog.HOG_*``), and starts the next tclets of its site demoted (the penalty
-box; the hostile tclets come from a site of their own, ``--same-origin`` puts them in the
-probes' site), which is what the default run measures. ``--nice-hostile``
-renices each hostile worker to 10 from this driver right after launch (an oracle that knows
-which tclets are hostile, for comparison);
+box: they start demoted, and at most one a second from the site, so a hostile tclet may wait
+for its relaunch), which is what the default run measures. Each kind of hostile tclet comes
+from a site of its own (six attackers, each throttled alone: the machine stays saturated);
+``--one-site`` sends them all from one site (throttled together: the attack mostly waits, the
+machine ~30-60 % busy), ``--same-origin`` from the probes' site (the probes start demoted
+too). ``--nice-hostile`` renices each hostile worker to 10 from this driver right after
+launch (an oracle that knows which tclets are hostile, for comparison);
 ``--demote-hogs`` is an earlier experiment that renices any worker, probes included, that was
 running *or waiting* for a CPU more than 70% of the last 0.2 s (it catches the probes too).
 """
@@ -53,19 +58,22 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench_sockets import server_process  # the same out-of-process server (bench/ on sys.path)
 
-from tcletd.api import Host
+from tcletd.api import Host, PenaltyHeld
 from tcletd.host.tclet import Tclet
+from tcletd.host.watchdog import PENALTY
 from tcletd.policy import Policy, load_policy
 
 HOST = "127.0.0.1"
 ORIGIN = f"http://{HOST}/"  # home policy: connect back to the origin host, ports > 1024
-# The hostile tclets come from another site (another port of the same host, so that the same
+# The hostile tclets come from other sites (other ports of the same host, so that the same
 # policy lets them connect back): the host's penalty box holds a site whose tclets hog, and a
 # probe from the attacker's own site would start demoted too (--same-origin).
-HOSTILE_ORIGIN = f"http://{HOST}:8080/"
+HOSTILE_ORIGIN = f"http://{HOST}:8080/"  # --one-site: every kind from this site
+HOSTILE_PORT_BASE = 8081  # by default kind i comes from http://HOST:(8081+i)/
 DENIED_PORT = 80  # home policy: below 1025, refused by the policy check, no socket made
 
 # --demote-hogs: a worker whose CPU demand (running + runnable) was above this share of the
@@ -156,6 +164,16 @@ HOSTILE: dict[str, tuple[str, list[str]]] = {
 
 # --------------------------------------------------------------------------------------------
 # Measuring.
+
+
+async def launch_when_allowed(host: Host, script: str, **kwargs: Any) -> Tclet:
+    """Launch, waiting out the penalty box's launch throttle (--same-origin: the probes' site
+    is the attackers')."""
+    while True:
+        try:
+            return host.launch(script, **kwargs)
+        except PenaltyHeld as exc:
+            await asyncio.sleep(exc.wait)
 
 
 def percentile(sorted_values: Sequence[int], q: float) -> float:
@@ -257,15 +275,21 @@ class Bench:
         policy = self.policy(*overrides)
         while not stop.is_set():
             started = time.monotonic()
-            tclet = host.launch(
-                script,
-                script_name=f"{name}.tcl",
-                policy=policy,
-                origin=ORIGIN if self.args.same_origin else HOSTILE_ORIGIN,
-                argv=[HOST, str(self.hostile_port)],
-                on_stdout=lambda _b: None,
-                on_stderr=lambda _b: None,
-            )
+            try:
+                tclet = host.launch(
+                    script,
+                    script_name=f"{name}.tcl",
+                    policy=policy,
+                    origin=self.hostile_origin(name),
+                    argv=[HOST, str(self.hostile_port)],
+                    on_stdout=lambda _b: None,
+                    on_stderr=lambda _b: None,
+                )
+            except PenaltyHeld as exc:  # its site is in the penalty box: as soon as allowed
+                reasons[f"{name}: launch refused (penalty box)"] += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), exc.wait)
+                continue
             self.launched(tclet, name)
             if self.args.nice_hostile and tclet.worker is not None:
                 with contextlib.suppress(OSError):
@@ -281,6 +305,13 @@ class Bench:
             # A tclet that ends at once is relaunched at most 10 times a second.
             await asyncio.sleep(max(0.0, 0.1 - (time.monotonic() - started)))
 
+    def hostile_origin(self, name: str) -> str:
+        if self.args.same_origin:
+            return ORIGIN
+        if self.args.one_site:
+            return HOSTILE_ORIGIN
+        return f"http://{HOST}:{HOSTILE_PORT_BASE + list(HOSTILE).index(name)}/"
+
     async def probe(self, host: Host) -> Sample:
         """Run the echo probe and, beside it, the control probe until the echo probe ends."""
         a = self.args
@@ -288,7 +319,8 @@ class Bench:
         ctl_out: list[bytes] = []
         errs: list[bytes] = []
         probe_policy = self.policy("connects_per_second=1000", "sockets=16")
-        ctl = host.launch(
+        ctl = await launch_when_allowed(
+            host,
             CONTROL_PROBE,
             script_name="control_probe.tcl",
             policy=probe_policy,
@@ -299,7 +331,8 @@ class Bench:
         )
         self.launched(ctl, "control probe")
         busy0, steal0, total0 = cpu_times()
-        echo_tclet = host.launch(
+        echo_tclet = await launch_when_allowed(
+            host,
             ECHO_PROBE,
             script_name="echo_probe.tcl",
             policy=probe_policy,
@@ -354,7 +387,8 @@ class Bench:
     async def run(self) -> dict[str, list[Sample]]:
         samples: dict[str, list[Sample]] = {"alone": [], "attack": []}
         demoter = asyncio.ensure_future(self.demote_hogs()) if self.args.demote_hogs else None
-        async with Host(audit=os.environ.get("TCLETD_BENCH_AUDIT")) as host:
+        audit = os.environ.get("TCLETD_BENCH_AUDIT")
+        async with Host(audit=audit, penalty=self.args.penalty) as host:
             await self.probe(host)  # warm-up, not counted
             for r in range(self.args.rounds):
                 order = ["alone", "attack"] if r % 2 == 0 else ["attack", "alone"]
@@ -479,6 +513,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--same-origin",
         action="store_true",
         help="the hostile tclets come from the probes' origin (the penalty box then holds both)",
+    )
+    ap.add_argument(
+        "--one-site",
+        action="store_true",
+        help="every hostile tclet comes from one site (boxed together: one launch a second)",
+    )
+    ap.add_argument(
+        "--penalty",
+        type=float,
+        default=PENALTY,
+        help=f"seconds a hogging site stays in the penalty box ({PENALTY:g}; 0: no box)",
     )
     ap.add_argument("--json", metavar="FILE", help="also write the raw figures as JSON")
     raw = list(sys.argv[1:] if argv is None else argv)

@@ -19,24 +19,25 @@ import functools
 import secrets
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
 from tcletd import protocol as p
 from tcletd.client import write_own
-from tcletd.host.audit import AuditLog
+from tcletd.host.audit import AuditLog, TcletRecords
 from tcletd.host.broker import Broker
 from tcletd.host.hub import Hub
 from tcletd.host.quotas import HostFull, HostTotals, ceilings, workers_message
 from tcletd.host.supervisor import Supervisor
 from tcletd.host.tclet import Services, Tclet
-from tcletd.host.watchdog import PENALTY, PenaltyBox, Watchdog
+from tcletd.host.watchdog import PENALTY, PENALTY_LAUNCH, PenaltyBox, PenaltyHeld, Watchdog
 from tcletd.policy import Origin, Policy, load_policy
 from tcletd.policyfile import MasterConfig, load_master
 from tcletd.states import EXIT_TERMINATED, TcletResult
 
-__all__ = ["Host", "HostFull", "Tclet", "TcletResult"]
+__all__ = ["Host", "HostFull", "PenaltyHeld", "Tclet", "TcletResult"]
 
 DEFAULT_POLICY = "home"
 # Host-wide totals; every tclet also has its own policy quotas (8 sockets under home).
@@ -179,7 +180,8 @@ class Host:
 
         ``limits`` are ``NAME=VALUE`` overrides of the policy's quotas and limits (``cpu=5s``,
         ``sockets=4``), applied also to a policy the tclet later asks for; a bad one raises
-        ConfigError naming the key. Past the host's worker total, raises :class:`HostFull`.
+        ConfigError naming the key. Past the host's worker total, raises :class:`HostFull`; from
+        a site in the penalty box less than a second after its last launch, :class:`PenaltyHeld`.
         ``client`` (who asked for the tclet: the resident host's client's ``pid`` and ``uid``)
         is recorded in the audit log's launch record.
         """
@@ -192,6 +194,7 @@ class Host:
             policy = load_policy(str(policy) if policy is not None else DEFAULT_POLICY)
         policy = policy.with_overrides(*limits)
         tclet_id = secrets.token_hex(16)
+        where = Origin.parse(origin)
         spec = p.WorkerSpec(
             tclet_id=tclet_id,
             token=secrets.token_hex(32),
@@ -208,17 +211,30 @@ class Host:
             commands=policy.limits.commands,
             memory=policy.limits.memory,
             cpu=policy.limits.cpu,
-            **ceilings(policy, fixed, self._services.master, Origin.parse(origin), limits),
+            **ceilings(policy, fixed, self._services.master, where, limits),
         )
         tclet = Tclet(
             self._services,
             spec,
             policy,
-            Origin.parse(origin),
+            where,
             policy_fixed=fixed,
             on_stdout=on_stdout or _write_to("stdout"),
             on_stderr=on_stderr or _write_to("stderr"),
             overrides=limits,
         )
+        try:
+            self._services.penalties.admit_launch(where.site, time.monotonic())
+        except PenaltyHeld as exc:
+            TcletRecords(self._services.audit, tclet_id, where.url, lambda: policy.name)(
+                "quota",
+                quota="site_launches",
+                limit=1,
+                value=round(PENALTY_LAUNCH - exc.wait, 3),
+                action="refused",
+                request="launch",
+                site=exc.site,
+            )
+            raise
         tclet.launch(**({"client": dict(client)} if client else {}))
         return tclet

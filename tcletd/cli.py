@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from tcletd import __version__
+from tcletd.budget import parse_duration
 from tcletd.client import ENV_HOST
 from tcletd.client import default_socket as client_default_socket
 from tcletd.errors import EXIT_USAGE, TcletdError
@@ -43,6 +44,17 @@ POLICY_EPILOG = """\
 exit status (check): 0 allowed, 1 denied, 2 bad policy or arguments.
 exit status (lint): 0 clean, 1 problems found, 2 the file cannot be read or parsed.
 """
+
+
+def _seconds(text: str) -> float:
+    """A duration of 0 or more (``60s``, ``2m``, ``0``) for an option."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a duration of 0 or more, got {text!r}")
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--master", default=None, metavar="FILE", help="master config (policies)")
     serve.add_argument("--max-workers", type=int, default=64, help="tclets at once (64)")
     serve.add_argument("--max-sockets", type=int, default=1024, help="sockets at once (1024)")
+    serve.add_argument(
+        "--penalty",
+        type=_seconds,
+        default=60.0,
+        metavar="DURATION",
+        help="how long a site whose tclet hogged stays in the penalty box, where its tclets "
+        "start demoted and at most one a second (60s; 0: no box)",
+    )
     status = sub.add_parser("status", help="list the tclets running on a resident host")
     status.add_argument("--host", default=None, metavar="SOCKET", help="its control socket")
 

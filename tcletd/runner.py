@@ -111,6 +111,7 @@ def serve(args: argparse.Namespace) -> int:
             master=args.master,
             max_workers=args.max_workers,
             max_sockets=args.max_sockets,
+            penalty=args.penalty,
         )
         control = ControlServer(host, Path(args.socket))
         async with host:

@@ -86,7 +86,10 @@ def test_host_status_fields() -> None:
                 tclet = host.launch(
                     f"set s [socket 127.0.0.1 {echo.port}]\n"
                     "puts $s [string repeat x 9999]; flush $s; gets $s\n"
-                    "set n 0; while {$n < 20000} {incr n}\n"  # some CPU, too short to be a hog
+                    # Some CPU (more than /proc's 10 ms ticks), in slices with sleeps: no hog.
+                    "for {set k 0} {$k < 10} {incr k} {\n"
+                    "    set n 0; while {$n < 20000} {incr n}; after 10\n"
+                    "}\n"
                     "puts ready; flush stdout; after 20000 {exit 0}\n",
                     policy="trusted",
                     on_stdout=lambda _b: ready.set(),

@@ -1,7 +1,9 @@
-"""The penalty box: a site one of whose tclets hogged starts its next tclets demoted, for a while.
+"""The penalty box: a site one of whose tclets hogged starts its next tclets demoted, and at
+most one a second, for a while.
 
 A hostile script relaunched in a loop is demoted ~0.1 s into each life; from the box, its next
-lives start in the idle class, before any of their threads exist. Other sites are untouched.
+lives start in the idle class, before any of their threads exist, and its relaunches are
+throttled like a supervisor's crash loop. Other sites are untouched.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import pytest
 from tcletd.addresses import Origin
 from tcletd.api import Host
 from tcletd.host.tclet import Tclet
-from tcletd.host.watchdog import PENALTY, PenaltyBox
+from tcletd.host.watchdog import PENALTY, PENALTY_LAUNCH, PenaltyBox, PenaltyHeld
 from tcletd.states import TcletState
-from tests.conftest import sched_classes, until
+from tests.conftest import run_tcletd, sched_classes, tcletd_process, until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -60,6 +62,27 @@ def test_a_box_of_zero_seconds_holds_nobody() -> None:
     box = PenaltyBox(seconds=0.0)
     assert box.offend("a", 0.0) is False
     assert box.holds("a", 0.0) == 0.0
+
+
+def test_a_boxed_site_launches_at_most_once_per_interval() -> None:
+    box = PenaltyBox(seconds=10.0)
+    for t in (0.0, 0.1, 0.2):
+        box.admit_launch("a", t)  # not boxed: never refused, nothing counted
+    box.offend("a", 1.0)
+    box.admit_launch("a", 1.0)
+    with pytest.raises(PenaltyHeld) as info:
+        box.admit_launch("a", 1.0 + PENALTY_LAUNCH / 4)
+    assert info.value.site == "a"
+    assert info.value.wait == pytest.approx(PENALTY_LAUNCH * 3 / 4)
+    assert str(info.value) == (
+        "too many tclets from a while it is in the penalty box (limit 1 per 1 s; next in 0.8 s)"
+    )
+    box.admit_launch("b", 1.1)  # another site: not boxed
+    box.admit_launch("a", 1.0 + PENALTY_LAUNCH)  # the refusal counted nothing
+    with pytest.raises(PenaltyHeld):
+        box.admit_launch("a", 1.0 + PENALTY_LAUNCH * 1.5)
+    box.admit_launch("a", 11.0)  # out of the box: no throttle
+    box.admit_launch("a", 11.0)
 
 
 def test_a_site_is_scheme_host_and_port() -> None:
@@ -175,6 +198,80 @@ def test_with_no_penalty_a_hogging_site_starts_its_next_tclets_as_usual() -> Non
             return hog.demoted, nxt.demoted, classes
 
     assert asyncio.run(scenario()) == (True, False, {os.SCHED_OTHER})
+
+
+def test_a_boxed_site_is_refused_a_second_launch_within_the_interval(tmp_path: Path) -> None:
+    """Refused: a clear error naming the site and the limit, audited, nothing launched; the
+    site's next launch after the interval, and any other site's at once, go ahead."""
+    audit = tmp_path / "audit.jsonl"
+
+    async def scenario() -> tuple[str, int, list[int]]:
+        async with Host(audit=audit) as host:
+            hog = host.launch("while 1 {incr i}", origin=f"{HOG_SITE}/", **_quiet())
+            await until(lambda: hog.demoted)
+            await hog.end("test over")
+            await hog.wait()
+            first = host.launch(POLITE, origin=f"{HOG_SITE}/a.tcl", **_quiet())
+            with pytest.raises(PenaltyHeld) as info:
+                host.launch(POLITE, origin=f"{HOG_SITE}/b.tcl", **_quiet())
+            running = len(host.status())
+            other = host.launch(POLITE, origin="http://127.0.0.1/", **_quiet())
+            await asyncio.sleep(info.value.wait)
+            later = host.launch(POLITE, origin=f"{HOG_SITE}/c.tcl", **_quiet())
+            statuses = [(await t.wait()).status for t in (first, other, later)]
+            return str(info.value), running, statuses
+
+    message, running, statuses = asyncio.run(scenario())
+    assert message.startswith(
+        f"too many tclets from {HOG_SITE} while it is in the penalty box (limit 1 per 1 s;"
+    )
+    assert running == 1 and statuses == [0, 0, 0]
+    refused = [r for r in records(audit, "quota") if r["quota"] == "site_launches"]
+    assert len(refused) == 1
+    assert refused[0]["origin"] == f"{HOG_SITE}/b.tcl"
+    assert (refused[0]["action"], refused[0]["request"], refused[0]["limit"]) == (
+        "refused",
+        "launch",
+        1,
+    )
+    assert 0 <= float(refused[0]["value"]) < PENALTY_LAUNCH  # type: ignore[arg-type]
+    launched = [r["origin"] for r in records(audit, "launch")]
+    assert f"{HOG_SITE}/b.tcl" not in launched and f"{HOG_SITE}/c.tcl" in launched
+
+
+def test_a_resident_host_client_from_a_boxed_site_gets_a_temporary_failure(
+    tmp_path: Path,
+) -> None:
+    sock = tmp_path / "control.sock"
+    origin = f"{HOG_SITE}/t.tcl"
+    with tcletd_process(["serve", "--socket", str(sock)]) as server:
+        assert server.stderr is not None
+        assert server.stderr.readline().startswith(b"tcletd: serving on ")
+        run = ["run", "--host", str(sock), "--origin", origin]
+        hog = run_tcletd([*run, "--limit", "cpu=0.3s", "-"], stdin="while 1 {incr i}")
+        assert hog.status == 137 and "cpu limit" in hog.stderr, hog
+        boxed = run_tcletd([*run, "-"], stdin="puts once")
+        again = run_tcletd([*run, "-"], stdin="puts never")
+    assert (boxed.status, boxed.stdout) == (0, "once\n")
+    assert again.status == 75 and again.stdout == "", again
+    assert again.stderr.startswith(
+        f"tcletd: too many tclets from {HOG_SITE} while it is in the penalty box"
+    ), again
+
+
+def test_serve_takes_the_penalty_as_a_strict_duration(tmp_path: Path) -> None:
+    bad = run_tcletd(["serve", "--socket", str(tmp_path / "s"), "--penalty", "-5"])
+    assert bad.status == 2
+    assert "argument --penalty: expected a duration like 10s" in bad.stderr, bad
+    sock = tmp_path / "control.sock"
+    with tcletd_process(["serve", "--socket", str(sock), "--penalty", "0"]) as server:
+        assert server.stderr is not None
+        assert server.stderr.readline().startswith(b"tcletd: serving on ")
+        run = ["run", "--host", str(sock), "--origin", f"{HOG_SITE}/t.tcl"]
+        hog = run_tcletd([*run, "--limit", "cpu=0.3s", "-"], stdin="while 1 {incr i}")
+        ran = [run_tcletd([*run, "-"], stdin="puts ok") for _ in range(2)]
+    assert hog.status == 137, hog
+    assert [(r.status, r.stdout) for r in ran] == [(0, "ok\n"), (0, "ok\n")]
 
 
 def _quiet() -> dict[str, object]:
