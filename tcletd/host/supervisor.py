@@ -60,7 +60,8 @@ class WorkerProcess:
         free when it places a waking task, and a waking normal task preempts one at once; a
         nice-19 task keeps its slice. In interleaved runs of bench_isolation.py on 2 cores
         (2026-11-30, no steal), probe echo p99 was 138 us beside an idle-class spinner and
-        218 us beside a nice-19 one (119 us alone); beside the hostile set, 283 vs 379 us.
+        218 us beside a nice-19 one (118 us alone); beside the hostile set, 265 vs 411 us
+        (124 us alone).
         """
         try:
             os.sched_setscheduler(self.pid, os.SCHED_IDLE, _IDLE)
