@@ -70,8 +70,8 @@ from tcletd.policy import Policy, load_policy
 HOST = "127.0.0.1"
 ORIGIN = f"http://{HOST}/"  # home policy: connect back to the origin host, ports > 1024
 # The hostile tclets come from other sites (other ports of the same host, so that the same
-# policy lets them connect back): the host's penalty box holds a site whose tclets hog, and a
-# probe from the attacker's own site would start demoted too (--same-origin).
+# policy lets them connect back): the penalty box holds a site whose tclets are ended at
+# limits, and a probe from the attacker's own site would start demoted too (--same-origin).
 HOSTILE_ORIGIN = f"http://{HOST}:8080/"  # --one-site: every kind from this site
 HOSTILE_PORT_BASE = 8081  # by default kind i comes from http://HOST:(8081+i)/
 DENIED_PORT = 80  # home policy: below 1025, refused by the policy check, no socket made

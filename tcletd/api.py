@@ -64,8 +64,8 @@ class Host:
         penalty: float = PENALTY,
     ) -> None:
         """``grace``: seconds between SIGTERM and SIGKILL when the host ends a worker;
-        ``penalty``: seconds a site whose tclet hogged stays in the penalty box, where its
-        tclets start demoted (0: no box)."""
+        ``penalty``: seconds a site whose tclet was ended at a limit stays in the penalty box,
+        where its tclets start demoted and at most one a second (0: no box)."""
         if not penalty >= 0:
             raise ValueError(f"Host(penalty=...): seconds must be 0 or more, not {penalty!r}")
         self._penalty = penalty

@@ -142,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=60.0,
         metavar="DURATION",
-        help="how long a site whose tclet hogged stays in the penalty box, where its tclets "
-        "start demoted and at most one a second (60s; 0: no box)",
+        help="how long a site whose tclet was ended at a limit stays in the penalty box, where "
+        "its tclets start demoted and at most one a second (60s; 0: no box)",
     )
     status = sub.add_parser("status", help="list the tclets running on a resident host")
     status.add_argument("--host", default=None, metavar="SOCKET", help="its control socket")

@@ -108,7 +108,15 @@ async def _started(tclet: Tclet) -> set[int]:
     return sched_classes(tclet.worker.pid)
 
 
-def test_a_hogging_site_starts_its_next_tclets_demoted_and_other_sites_do_not(
+async def _hog_to_its_cpu_limit(host: Host) -> str:
+    """An offence: a busy loop from HOG_SITE, ended by the host at a CPU limit of 0.3 s."""
+    hog = host.launch(
+        "while 1 {incr i}", origin=f"{HOG_SITE}/hog.tcl", limits=["cpu=0.3s"], **_quiet()
+    )
+    return (await hog.wait()).reason
+
+
+def test_a_site_ended_at_a_limit_starts_its_next_tclets_demoted_and_other_sites_do_not(
     tmp_path: Path,
 ) -> None:
     audit = tmp_path / "audit.jsonl"
@@ -116,12 +124,7 @@ def test_a_hogging_site_starts_its_next_tclets_demoted_and_other_sites_do_not(
     async def scenario() -> tuple[set[int], set[int], list[str], list[object]]:
         out: dict[str, list[bytes]] = {"same": [], "other": []}
         async with Host(audit=audit) as host:
-            hog = host.launch(
-                "while 1 {incr i}", origin=f"{HOG_SITE}/hog.tcl", policy="trusted", **_quiet()
-            )
-            await until(lambda: hog.demoted)
-            await hog.end("test over")
-            await hog.wait()
+            assert await _hog_to_its_cpu_limit(host) == "cpu limit 0.3 s"
             # The same site (another page of it), and another site, after the offence.
             same = host.launch(
                 POLITE,
@@ -149,7 +152,7 @@ def test_a_hogging_site_starts_its_next_tclets_demoted_and_other_sites_do_not(
     assert printed == ["done\n", "done\n"] and statuses == [0, 0]  # demoted still does its work
     penalties = records(audit, "penalty")
     assert [(r["site"], r["why"], r["seconds"]) for r in penalties] == [
-        (HOG_SITE, "demoted", PENALTY)
+        (HOG_SITE, "cpu limit 0.3 s", PENALTY)
     ]
     at_launch = [r for r in records(audit, "demoted") if "origin_penalty" in r]
     assert len(at_launch) == 1 and at_launch[0]["origin"] == f"{HOG_SITE}/other/page.tcl"
@@ -157,37 +160,48 @@ def test_a_hogging_site_starts_its_next_tclets_demoted_and_other_sites_do_not(
     assert at_launch[0]["sched"] == "idle"
 
 
-def test_a_limit_breach_boxes_the_site_though_the_tclet_never_hogged(tmp_path: Path) -> None:
-    """A tclet that sleeps between its commands is no hog; reaching its commands limit is an
-    offence all the same."""
+@pytest.mark.parametrize(
+    ("script", "limit", "reason"),
+    [
+        ("while 1 {after 1; incr i}", "commands=3000", "commands limit 3000"),
+        (
+            "while 1 {puts [string repeat x 999]; after 1}",
+            "output_bytes=64KiB",
+            "output quota 64 KiB",
+        ),
+    ],
+)
+def test_an_end_at_a_limit_boxes_the_site_though_the_tclet_never_hogged(
+    tmp_path: Path, script: str, limit: str, reason: str
+) -> None:
+    """A tclet that sleeps between its commands is no hog; being ended at its commands limit
+    or its output quota is an offence all the same."""
     audit = tmp_path / "audit.jsonl"
 
     async def scenario() -> tuple[str, bool, bool]:
         async with Host(audit=audit) as host:
-            counter = host.launch(
-                "while 1 {after 1; incr i}",
-                origin=f"{HOG_SITE}/count.tcl",
-                policy="trusted",
-                limits=["commands=3000"],
-                **_quiet(),
+            spender = host.launch(
+                script, origin=f"{HOG_SITE}/spend.tcl", limits=[limit], **_quiet()
             )
-            result = await counter.wait()
-            nxt = host.launch(POLITE, origin=f"{HOG_SITE}/", policy="trusted", **_quiet())
+            result = await spender.wait()
+            nxt = host.launch(POLITE, origin=f"{HOG_SITE}/", **_quiet())
             await _started(nxt)
             await nxt.wait()
-            return result.reason, counter.demoted, nxt.demoted
+            return result.reason, spender.demoted, nxt.demoted
 
-    reason, counter_demoted, next_demoted = asyncio.run(scenario())
-    assert reason == "commands limit 3000"
-    assert (counter_demoted, next_demoted) == (False, True)
-    assert [(r["site"], r["why"]) for r in records(audit, "penalty")] == [
-        (HOG_SITE, "commands limit 3000")
-    ]
+    ended, spender_demoted, next_demoted = asyncio.run(scenario())
+    assert ended == reason
+    assert (spender_demoted, next_demoted) == (False, True)
+    assert [(r["site"], r["why"]) for r in records(audit, "penalty")] == [(HOG_SITE, reason)]
 
 
-def test_with_no_penalty_a_hogging_site_starts_its_next_tclets_as_usual() -> None:
+def test_a_demoted_tclet_that_is_not_ended_does_not_box_its_site(tmp_path: Path) -> None:
+    """Computing for a while is not an offence: the spinner is demoted for its life, and its
+    site's next tclet starts as usual."""
+    audit = tmp_path / "audit.jsonl"
+
     async def scenario() -> tuple[bool, bool, set[int]]:
-        async with Host(penalty=0) as host:
+        async with Host(audit=audit) as host:
             hog = host.launch("while 1 {incr i}", origin=f"{HOG_SITE}/", **_quiet())
             await until(lambda: hog.demoted)
             await hog.end("test over")
@@ -198,6 +212,19 @@ def test_with_no_penalty_a_hogging_site_starts_its_next_tclets_as_usual() -> Non
             return hog.demoted, nxt.demoted, classes
 
     assert asyncio.run(scenario()) == (True, False, {os.SCHED_OTHER})
+    assert records(audit, "penalty") == []
+
+
+def test_with_no_penalty_an_offending_site_starts_its_next_tclets_as_usual() -> None:
+    async def scenario() -> tuple[str, bool, set[int]]:
+        async with Host(penalty=0) as host:
+            reason = await _hog_to_its_cpu_limit(host)
+            nxt = host.launch(POLITE, origin=f"{HOG_SITE}/", **_quiet())
+            classes = await _started(nxt)
+            await nxt.wait()
+            return reason, nxt.demoted, classes
+
+    assert asyncio.run(scenario()) == ("cpu limit 0.3 s", False, {os.SCHED_OTHER})
 
 
 def test_a_boxed_site_is_refused_a_second_launch_within_the_interval(tmp_path: Path) -> None:
@@ -207,10 +234,7 @@ def test_a_boxed_site_is_refused_a_second_launch_within_the_interval(tmp_path: P
 
     async def scenario() -> tuple[str, int, list[int]]:
         async with Host(audit=audit) as host:
-            hog = host.launch("while 1 {incr i}", origin=f"{HOG_SITE}/", **_quiet())
-            await until(lambda: hog.demoted)
-            await hog.end("test over")
-            await hog.wait()
+            await _hog_to_its_cpu_limit(host)
             first = host.launch(POLITE, origin=f"{HOG_SITE}/a.tcl", **_quiet())
             with pytest.raises(PenaltyHeld) as info:
                 host.launch(POLITE, origin=f"{HOG_SITE}/b.tcl", **_quiet())

@@ -9,8 +9,8 @@ it at a limit, and cleans every host-side resource up when the worker ends.
 Fairness: a tclet cannot make the host work for it without bound. Requests: one in flight per
 worker. Output: bounded reads, no queue, paced while a demoted worker has neighbours
 (:mod:`tcletd.host.output`). Watchdog looks: bounded by the tclet's socket quota
-(:mod:`tcletd.host.watchdog`). A worker that hogs a core or the host's reading is demoted, and
-its site starts its next tclets demoted for a while (the watchdog's PenaltyBox).
+(:mod:`tcletd.host.watchdog`). A worker that hogs a core or the host's reading is demoted; one
+ended for exhausting a resource puts its site in the watchdog's PenaltyBox for a while.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class Tclet:
         self.output.start(self.worker.stdout, self.worker.stderr)
         self._audit("launch", pid=self.worker.pid, script=self.spec.script_name, **audit)
         if boxed:
-            self._demote(offence=False, origin_penalty=round(boxed, 1))
+            self._demote(origin_penalty=round(boxed, 1))
         self._finished = self.s.loop.create_task(self._finish(), name=f"tclet-{self.id[:8]}")
 
     async def wait(self) -> TcletResult:
@@ -266,14 +266,12 @@ class Tclet:
             self._meter.measure()
             self._demote_if_hog(time.monotonic())
 
-    def _demote(self, *, offence: bool = True, **why: object) -> None:
-        """Idle class for the rest of the worker's life, output paced; a hog's site is boxed."""
+    def _demote(self, **why: object) -> None:
+        """Idle class for the rest of the worker's life, and its output paced."""
         if not self.demoted and self.worker is not None and self.worker.demote():
             self.demoted = True
             self.output.pace()
             self._audit("demoted", **why, sched="idle")
-            if offence:
-                self._offend("demoted")
 
     def _breached(self, found: Breach) -> None:
         self._audit.breach(found)
@@ -335,6 +333,7 @@ class Tclet:
                 "quota", quota="output_bytes", limit=limit, value=self.quotas.output, action="ended"
             )
             self._end_soon(output_reason(limit), EXIT_KILLED)
+            self._offend(output_reason(limit))
 
     def _output_hog(self, window_bytes: int) -> None:
         self._demote(output_bytes=window_bytes)

@@ -89,13 +89,12 @@ def breach(limit: str, maximum: float, value: float, source: str = "host") -> Br
 # fewer than HOG_BRIEF_SLEEPS times a second for next to no time: it was running or runnable
 # for HOG_AWAKE of the window. The host puts it in the idle scheduling class for the rest of its
 # life, so that on a small machine a spinning tclet cannot delay its neighbours' wake-ups
-# (bench/bench_isolation.py), and its origin in the PenaltyBox. CPU share alone does not tell a
-# hog: under contention three spinners on two cores get 0.66 each, and a busy I/O-bound tclet
-# can use as much. Measured on 2 cores beside two spinners: a tight echo loop sleeps
-# 11,000-25,000 times a second and is awake 0.71-0.88 of the time; a loop or a memory bomb
-# sleeps never; an `after 0` storm sleeps 0-180 times a second (Tcl's notifier between its
-# events) and is awake 1.00 of the time. With the sleep count alone, a storm on a quiet machine
-# was never demoted.
+# (bench/bench_isolation.py). CPU share alone does not tell a hog: under contention three
+# spinners on two cores get 0.66 each, and a busy I/O-bound tclet can use as much. Measured on
+# 2 cores beside two spinners: a tight echo loop sleeps 11,000-25,000 times a second and is
+# awake 0.71-0.88 of the time; a loop or a memory bomb sleeps never; an `after 0` storm sleeps
+# 0-180 times a second (Tcl's notifier between its events) and is awake 1.00 of the time. With
+# the sleep count alone, a storm on a quiet machine was never demoted.
 HOG_WINDOW = 0.1  # seconds
 HOG_SHARE = 0.3  # of one core, over the window
 HOG_SLEEPS = 20.0  # voluntary context switches per second, at most
@@ -107,11 +106,13 @@ HOG_AWAKE = 0.97
 HOG_OUTPUT = 256 * 1024
 
 
-# The penalty box: an origin one of whose tclets was demoted or reached its cpu, memory or
-# commands limit starts its next tclets demoted, until PENALTY seconds after its last offence.
-# Demotion comes a HOG_WINDOW into a script at the earliest, and a hostile script relaunched in a
-# loop would otherwise have that first window at normal priority every time: all its life, for a
-# memory bomb that reaches its limit in ~0.1 s. Measured with bench_isolation.py beside one
+# The penalty box: a site (an origin's scheme, host and port) one of whose tclets the host ended
+# for exhausting a resource (its cpu, memory or commands limit, or its output quota) starts its
+# next tclets demoted, until PENALTY seconds after its last offence. Demotion alone is no
+# offence: a tclet that computes for a moment at its start is demoted, not ended. Demotion comes
+# a HOG_WINDOW into a script at the earliest, and a hostile script relaunched in a loop would
+# otherwise have that first window at normal priority every time: all its life, for a memory
+# bomb that reaches its limit in ~0.1 s. Measured with bench_isolation.py beside one
 # relaunched busy loop: probe echo p99 183 us, 146 us beside one that never ends (124 alone).
 # A boxed site also starts at most one tclet every PENALTY_LAUNCH seconds, as a supervisor
 # throttles a crash loop: what an idle-class worker still costs its neighbours is kernel work
