@@ -224,7 +224,7 @@ class Host:
             overrides=limits,
         )
         try:
-            self._services.penalties.admit_launch(where.site, time.monotonic())
+            undo = self._services.penalties.admit_launch(where.site, time.monotonic())
         except PenaltyHeld as exc:
             TcletRecords(self._services.audit, tclet_id, where.url, lambda: policy.name)(
                 "quota",
@@ -236,5 +236,9 @@ class Host:
                 site=exc.site,
             )
             raise
-        tclet.launch(**({"client": dict(client)} if client else {}))
+        try:
+            tclet.launch(**({"client": dict(client)} if client else {}))
+        except BaseException:
+            undo()  # no worker: the launch does not count against the site
+            raise
         return tclet

@@ -263,6 +263,31 @@ def test_a_boxed_site_is_refused_a_second_launch_within_the_interval(tmp_path: P
     assert f"{HOG_SITE}/b.tcl" not in launched and f"{HOG_SITE}/c.tcl" in launched
 
 
+def test_a_launch_that_fails_leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that cannot be started (the fork server refuses: injected, since a real fork
+    failure cannot be had on demand) uses no slot of its boxed site's one launch a second and
+    leaves no peer registered with the hub."""
+    from tcletd.host.supervisor import Supervisor
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise OSError("fork server gone")
+
+    async def scenario() -> tuple[int, int, int, bool]:
+        async with Host() as host:
+            await _hog_to_its_cpu_limit(host)
+            real = Supervisor.launch
+            monkeypatch.setattr(Supervisor, "launch", refuse)
+            with pytest.raises(OSError, match="fork server gone"):
+                host.launch(POLITE, origin=f"{HOG_SITE}/", **_quiet())
+            assert host._services is not None
+            peers, running = len(host._services.hub._peers), len(host.status())
+            monkeypatch.setattr(Supervisor, "launch", real)
+            nxt = host.launch(POLITE, origin=f"{HOG_SITE}/", **_quiet())  # at once: admitted
+            return peers, running, (await nxt.wait()).status, nxt.demoted
+
+    assert asyncio.run(scenario()) == (0, 0, 0, True)
+
+
 def test_a_resident_host_client_from_a_boxed_site_gets_a_temporary_failure(
     tmp_path: Path,
 ) -> None:

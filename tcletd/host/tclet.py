@@ -116,7 +116,11 @@ class Tclet:
         """Start the worker; ``audit`` fields go into the launch record (a client's pid, uid)."""
         self.s.hub.register(Peer(self.id, self.spec.token, self._on_message, self.violation))
         boxed = self.s.penalties.holds(self.origin.site, time.monotonic())
-        self.worker = self.s.supervisor.launch(self.spec, self.s.loop, demoted=bool(boxed))
+        try:
+            self.worker = self.s.supervisor.launch(self.spec, self.s.loop, demoted=bool(boxed))
+        except BaseException:
+            self.s.hub.unregister(self.id)
+            raise
         # The wall clock runs from the worker's start (the first launch waits for the fork server).
         self.launched_at = self._last_beat = time.monotonic()
         self.s.totals.workers += 1
@@ -157,11 +161,8 @@ class Tclet:
         return TcletResult(status, reason, by_host=self._ended is not None)
 
     async def _last_words(self, status: int) -> None:
-        """Take the messages a worker sent just before it exited.
-
-        The sentinel can beat the worker's last ZeroMQ frames (a LimitHit before its exit), which
-        the worker flushed before exiting: they are at most one I/O-thread hop behind.
-        """
+        """Take the messages a worker sent just before it exited: the sentinel can beat its last
+        frames (a LimitHit before its exit), flushed but one I/O-thread hop behind."""
         self.s.hub.drain()
         assert self.worker is not None
         # Exited by itself with 137 (not SIGKILLed): the status a worker gives after a LimitHit.

@@ -25,7 +25,7 @@ import logging
 import re
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -177,15 +177,25 @@ class PenaltyBox:
             return 0.0
         return until - now
 
-    def admit_launch(self, site: str, now: float) -> None:
-        """Count a launch from the site; raise PenaltyHeld if it is boxed and launched too
-        recently (nothing is counted then)."""
+    def admit_launch(self, site: str, now: float) -> Callable[[], None]:
+        """Count a launch from the site and return how to take it back (the launch failed);
+        raise PenaltyHeld if the site is boxed and launched too recently (nothing counted)."""
         if not self.holds(site, now):
-            return
-        since = now - self._launched.get(site, -PENALTY_LAUNCH)
+            return lambda: None
+        previous = self._launched.get(site)
+        since = now - (previous if previous is not None else -PENALTY_LAUNCH)
         if since < PENALTY_LAUNCH:
             raise PenaltyHeld(site, PENALTY_LAUNCH - since)
         self._launched[site] = now
+
+        def undo() -> None:
+            if self._launched.get(site) == now:
+                if previous is None:
+                    del self._launched[site]
+                else:
+                    self._launched[site] = previous
+
+        return undo
 
     def __len__(self) -> int:
         return len(self._until)
