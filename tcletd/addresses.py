@@ -343,10 +343,13 @@ class Origin:
 
     @property
     def site(self) -> str:
-        """Scheme, host and port without the path (``http://127.0.0.1:80``): what the web calls
-        an origin, and what the host's penalty box holds; every unknown origin is one site."""
+        """What the host's penalty box holds: scheme, host and port without the path
+        (``http://127.0.0.1:80``, what the web calls an origin); a local file is a site of its
+        own (``file:///srv/t.tcl``: the operator named it); every unknown origin is one site."""
         if not self.known:
             return self.url
+        if self.proto == "file":
+            return self.home_dir_url + self.path[self.path.rfind("/") + 1 :]
         return self.home_dir_url[: len(self.home_dir_url) - self.path.rfind("/") - 1]
 
     def variables(self) -> dict[str, str]:

@@ -89,7 +89,8 @@ def test_a_site_is_scheme_host_and_port() -> None:
     assert Origin.parse("http://Example.COM/a/b/page.tcl?x=1").site == "http://example.com:80"
     assert Origin.parse("https://127.0.0.1:8443/").site == "https://127.0.0.1:8443"
     assert Origin.parse("http://[::1]:81/x").site == "http://[::1]:81"
-    assert Origin.parse("file:///home/u/t.tcl").site == "file://"
+    assert Origin.parse("file:///home/u/t.tcl?x#y").site == "file:///home/u/t.tcl"
+    assert Origin.parse("file:///home/u/other.tcl").site == "file:///home/u/other.tcl"
     assert Origin.parse(None).site == Origin.parse("not a url").site == "UNKNOWN originURL"
 
 
