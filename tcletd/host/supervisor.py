@@ -36,6 +36,7 @@ class WorkerProcess:
     stdout: socket.socket
     stderr: socket.socket
     exited: asyncio.Future[int] = field(default_factory=asyncio.Future)
+    idle: bool = False  # every thread is in SCHED_IDLE (demoted, or started so)
 
     @property
     def pid(self) -> int:
@@ -63,6 +64,8 @@ class WorkerProcess:
         218 us beside a nice-19 one (118 us alone); beside the hostile set, 265 vs 411 us
         (124 us alone).
         """
+        if self.idle:
+            return True  # started demoted: its threads inherited the class from the first one
         try:
             os.sched_setscheduler(self.pid, os.SCHED_IDLE, _IDLE)
         except OSError:
@@ -73,6 +76,7 @@ class WorkerProcess:
             for tid in os.listdir(f"/proc/{self.pid}/task"):
                 with contextlib.suppress(OSError, ValueError):
                     os.sched_setscheduler(int(tid), os.SCHED_IDLE, _IDLE)
+        self.idle = True
         return True
 
     def close_sockets(self) -> None:
@@ -123,7 +127,7 @@ class Supervisor:
         for sock in (host_fd, host_out, host_err):
             sock.setblocking(False)
         worker = WorkerProcess(
-            spec.tclet_id, process, host_fd, host_out, host_err, loop.create_future()
+            spec.tclet_id, process, host_fd, host_out, host_err, loop.create_future(), demoted
         )
         self.workers[spec.tclet_id] = worker
         loop.add_reader(process.sentinel, self._on_sentinel, worker, loop)
