@@ -1,10 +1,12 @@
 """Shared fixtures: run ``tcletd`` as a real process, bounded in time and ended by PID; wait for a
-host-side condition; read a worker's scheduling classes."""
+host-side condition or a resident host's readiness; read an audit log and a worker's scheduling
+classes."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -28,6 +30,20 @@ async def until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.02)
+
+
+def wait_serving(proc: subprocess.Popen[bytes]) -> str:
+    """The first line a ``tcletd serve`` process prints, once it serves."""
+    assert proc.stderr is not None
+    line = proc.stderr.readline().decode()
+    assert line.startswith("tcletd: serving on "), line
+    return line
+
+
+def audit_records(path: Path, event: str) -> list[dict[str, object]]:
+    """An audit log's records of one event, in order."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r for r in rows if r["event"] == event]
 
 
 def sched_classes(pid: int) -> set[int]:

@@ -9,7 +9,6 @@ throttled like a supervisor's crash loop. Other sites are untouched.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from pathlib import Path
 
@@ -20,17 +19,19 @@ from tcletd.api import Host
 from tcletd.host.tclet import Tclet
 from tcletd.host.watchdog import PENALTY, PENALTY_LAUNCH, PenaltyBox, PenaltyHeld
 from tcletd.states import TcletState
-from tests.conftest import run_tcletd, sched_classes, tcletd_process, until
+from tests.conftest import (
+    audit_records,
+    run_tcletd,
+    sched_classes,
+    tcletd_process,
+    until,
+    wait_serving,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
 HOG_SITE = "http://127.0.0.1:8080"
 POLITE = "after 300\nputs done\n"  # sleeps, prints, exits 0
-
-
-def records(audit: Path, event: str) -> list[dict[str, object]]:
-    rows = [json.loads(line) for line in audit.read_text().splitlines()]
-    return [r for r in rows if r["event"] == event]
 
 
 # ---- the box itself --------------------------------------------------------------------------
@@ -151,11 +152,11 @@ def test_a_site_ended_at_a_limit_starts_its_next_tclets_demoted_and_other_sites_
     assert same_classes == {os.SCHED_IDLE}  # every thread, from the start
     assert other_classes == {os.SCHED_OTHER}
     assert printed == ["done\n", "done\n"] and statuses == [0, 0]  # demoted still does its work
-    penalties = records(audit, "penalty")
+    penalties = audit_records(audit, "penalty")
     assert [(r["site"], r["why"], r["seconds"]) for r in penalties] == [
         (HOG_SITE, "cpu limit 0.3 s", PENALTY)
     ]
-    at_launch = [r for r in records(audit, "demoted") if "origin_penalty" in r]
+    at_launch = [r for r in audit_records(audit, "demoted") if "origin_penalty" in r]
     assert len(at_launch) == 1 and at_launch[0]["origin"] == f"{HOG_SITE}/other/page.tcl"
     assert 0 < float(at_launch[0]["origin_penalty"]) <= PENALTY  # type: ignore[arg-type]
     assert at_launch[0]["sched"] == "idle"
@@ -193,7 +194,7 @@ def test_an_end_at_a_limit_boxes_the_site_though_the_tclet_never_hogged(
     ended, spender_demoted, next_demoted = asyncio.run(scenario())
     assert ended == reason
     assert (spender_demoted, next_demoted) == (False, True)
-    assert [(r["site"], r["why"]) for r in records(audit, "penalty")] == [(HOG_SITE, reason)]
+    assert [(r["site"], r["why"]) for r in audit_records(audit, "penalty")] == [(HOG_SITE, reason)]
 
 
 def test_a_demoted_tclet_that_is_not_ended_does_not_box_its_site(tmp_path: Path) -> None:
@@ -213,7 +214,7 @@ def test_a_demoted_tclet_that_is_not_ended_does_not_box_its_site(tmp_path: Path)
             return hog.demoted, nxt.demoted, classes
 
     assert asyncio.run(scenario()) == (True, False, {os.SCHED_OTHER})
-    assert records(audit, "penalty") == []
+    assert audit_records(audit, "penalty") == []
 
 
 def test_with_no_penalty_an_offending_site_starts_its_next_tclets_as_usual() -> None:
@@ -251,7 +252,7 @@ def test_a_boxed_site_is_refused_a_second_launch_within_the_interval(tmp_path: P
         f"too many tclets from {HOG_SITE} while it is in the penalty box (limit 1 per 1 s;"
     )
     assert running == 1 and statuses == [0, 0, 0]
-    refused = [r for r in records(audit, "quota") if r["quota"] == "site_launches"]
+    refused = [r for r in audit_records(audit, "quota") if r["quota"] == "site_launches"]
     assert len(refused) == 1
     assert refused[0]["origin"] == f"{HOG_SITE}/b.tcl"
     assert (refused[0]["action"], refused[0]["request"], refused[0]["limit"]) == (
@@ -260,7 +261,7 @@ def test_a_boxed_site_is_refused_a_second_launch_within_the_interval(tmp_path: P
         1,
     )
     assert 0 <= float(refused[0]["value"]) < PENALTY_LAUNCH  # type: ignore[arg-type]
-    launched = [r["origin"] for r in records(audit, "launch")]
+    launched = [r["origin"] for r in audit_records(audit, "launch")]
     assert f"{HOG_SITE}/b.tcl" not in launched and f"{HOG_SITE}/c.tcl" in launched
 
 
@@ -295,8 +296,7 @@ def test_a_resident_host_client_from_a_boxed_site_gets_a_temporary_failure(
     sock = tmp_path / "control.sock"
     origin = f"{HOG_SITE}/t.tcl"
     with tcletd_process(["serve", "--socket", str(sock)]) as server:
-        assert server.stderr is not None
-        assert server.stderr.readline().startswith(b"tcletd: serving on ")
+        wait_serving(server)
         run = ["run", "--host", str(sock), "--origin", origin]
         hog = run_tcletd([*run, "--limit", "cpu=0.3s", "-"], stdin="while 1 {incr i}")
         assert hog.status == 137 and "cpu limit" in hog.stderr, hog
@@ -315,8 +315,7 @@ def test_serve_takes_the_penalty_as_a_strict_duration(tmp_path: Path) -> None:
     assert "argument --penalty: expected a duration like 10s" in bad.stderr, bad
     sock = tmp_path / "control.sock"
     with tcletd_process(["serve", "--socket", str(sock), "--penalty", "0"]) as server:
-        assert server.stderr is not None
-        assert server.stderr.readline().startswith(b"tcletd: serving on ")
+        wait_serving(server)
         run = ["run", "--host", str(sock), "--origin", f"{HOG_SITE}/t.tcl"]
         hog = run_tcletd([*run, "--limit", "cpu=0.3s", "-"], stdin="while 1 {incr i}")
         ran = [run_tcletd([*run, "-"], stdin="puts ok") for _ in range(2)]

@@ -7,11 +7,9 @@ its mechanism is broken (no quota, wrong text, a slot not freed, bytes not count
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -25,6 +23,7 @@ from tcletd.host.quotas import (
     TcletQuotas,
     tcp_bytes,
 )
+from tests.conftest import audit_records
 from tests.netutil import TcpServer, echo_handler
 
 pytestmark = pytest.mark.timeout(60)
@@ -34,11 +33,6 @@ pytestmark = pytest.mark.timeout(60)
 def echo() -> Iterator[TcpServer]:
     with TcpServer(echo_handler) as server:
         yield server
-
-
-def _records(path: Path, event: str) -> list[dict[str, object]]:
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return [r for r in rows if r["event"] == event]
 
 
 def test_formatters() -> None:
@@ -75,13 +69,13 @@ puts done
         "hello",
         "done",
     ]
-    quota = _records(audit, "quota")
+    quota = audit_records(audit, "quota")
     assert [(q["quota"], q["limit"], q["value"], q["action"]) for q in quota] == [
         ("sockets", 8, 8, "refused"),
         ("sockets", 8, 8, "refused"),
     ]
     # A refused request changes nothing else: no decision was taken for it.
-    decisions = _records(audit, "decision")
+    decisions = audit_records(audit, "decision")
     assert len(decisions) == 1 + 7 + 1 + 1
 
 
@@ -97,7 +91,7 @@ puts ok
     ran = tclet(script, "--limit", "connects_per_second=5", "--audit", str(audit))
     assert ran.status == 0, ran.stderr
     assert ran.stdout.splitlines() == ["1", "too many connects per second (limit 5)", "ok"]
-    (quota,) = _records(audit, "quota")
+    (quota,) = audit_records(audit, "quota")
     assert quota["quota"] == "connects_per_second" and quota["value"] == 5
 
 
@@ -169,7 +163,7 @@ def test_bytes_sent_quota_shuts_sockets_down(tclet, tmp_path) -> None:
             str(audit),
             argv=[str(sink.port)],
         )
-    (quota,) = [q for q in _records(audit, "quota") if q["action"] == "sockets shut down"]
+    (quota,) = [q for q in audit_records(audit, "quota") if q["action"] == "sockets shut down"]
     assert quota["quota"] == "bytes_sent" and quota["limit"] == 256 * 1024
     assert isinstance(quota["value"], int) and quota["value"] > 256 * 1024
     # Without the shutdown the tclet would send for 10 s at 4 MiB/s (40 MiB). With it, what is
@@ -215,7 +209,7 @@ puts [catch {socket 127.0.0.1 [lindex $argv 0]} m]; puts $m
             str(audit),
             argv=[str(server.port)],
         )
-    (quota,) = [q for q in _records(audit, "quota") if q["action"] == "sockets shut down"]
+    (quota,) = [q for q in audit_records(audit, "quota") if q["action"] == "sockets shut down"]
     assert quota["quota"] == "bytes_received" and quota["limit"] == 2**20
     assert isinstance(quota["value"], int) and quota["value"] > 2**20
     lines = ran.stdout.splitlines()
@@ -285,9 +279,9 @@ def test_output_quota_ends_the_tclet(tclet, tmp_path) -> None:
     assert ran.status == 137
     assert ran.stderr.endswith("tcletd: tclet ended: output quota 64 KiB\n")
     assert len(ran.stdout) == 64 * 1024
-    (quota,) = _records(audit, "quota")
+    (quota,) = audit_records(audit, "quota")
     assert quota["quota"] == "output_bytes" and quota["action"] == "ended"
-    (exit_record,) = _records(audit, "exit")
+    (exit_record,) = audit_records(audit, "exit")
     assert (exit_record["status"], exit_record["reason"]) == (137, "output quota 64 KiB")
 
 

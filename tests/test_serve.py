@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from tcletd.client import FrameReader, encode
-from tests.conftest import ROOT, run_tcletd, tcletd_process
+from tests.conftest import ROOT, run_tcletd, tcletd_process, wait_serving
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -40,19 +40,12 @@ class Served:
         return [json.loads(line) for line in self.audit.read_text().splitlines()]
 
 
-def _wait_serving(proc: subprocess.Popen[bytes]) -> str:
-    assert proc.stderr is not None
-    line = proc.stderr.readline().decode()
-    assert line.startswith("tcletd: serving on "), line
-    return line
-
-
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
     sock = tmp_path / "run" / "control.sock"
     audit = tmp_path / "audit.jsonl"
     with tcletd_process(["serve", "--socket", str(sock), "--audit", str(audit)]) as proc:
-        _wait_serving(proc)
+        wait_serving(proc)
         yield Served(proc, sock, audit)
 
 
@@ -236,7 +229,7 @@ def test_a_client_that_stops_reading_pushes_back_on_its_tclet(served: Served) ->
 def test_stopping_the_host_ends_its_tclets_and_tells_their_clients(tmp_path: Path) -> None:
     sock = tmp_path / "control.sock"
     with tcletd_process(["serve", "--socket", str(sock)]) as server:
-        _wait_serving(server)
+        wait_serving(server)
         script = tmp_path / "forever.tcl"
         script.write_text("puts ready; flush stdout; vwait forever\n")
         client = subprocess.Popen(
@@ -306,7 +299,7 @@ def test_a_full_host_says_so_and_launches_nothing(tmp_path: Path) -> None:
     script = tmp_path / "forever.tcl"
     script.write_text("puts ready; flush stdout; vwait forever\n")
     with tcletd_process(["serve", "--socket", str(sock), "--max-workers", "1"]) as server:
-        _wait_serving(server)
+        wait_serving(server)
         served = Served(server, sock, tmp_path / "none.jsonl")
         with _client(served, script, subprocess.DEVNULL) as first:
             assert first.stdout is not None
@@ -324,7 +317,7 @@ def test_one_host_per_socket_and_a_stale_socket_is_taken_over(tmp_path: Path) ->
     stale.bind(str(sock))
     stale.close()  # the file stays, nobody listens: a host that died
     with tcletd_process(["serve", "--socket", str(sock)]) as first:
-        _wait_serving(first)
+        wait_serving(first)
         second = run_tcletd(["serve", "--socket", str(sock)], timeout=20)
         assert second.status != 0
         assert "already serving there" in second.stderr
@@ -348,7 +341,7 @@ def test_another_user_is_refused_by_its_credentials() -> None:
     try:
         sock = run_dir / "control.sock"
         with tcletd_process(["serve", "--socket", str(sock)]) as server:
-            _wait_serving(server)
+            wait_serving(server)
             # Open the way on the file system, so that only SO_PEERCRED stands between them.
             run_dir.chmod(0o755)
             sock.chmod(0o666)
