@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from ipaddress import ip_address
 
-from tcletd.addresses import canonical_host
 from tcletd.policy import Origin, load_policy, policy_from_text
+from tcletd.policy.addresses import canonical_host
 
 RUNS = 31
 CALLS = 2000

@@ -1,4 +1,4 @@
-"""Host, port and origin canonicalisation (tcletd.addresses)."""
+"""Host, port and origin canonicalisation (tcletd.policy.addresses)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tcletd.addresses import (
+from tcletd.policy.addresses import (
     CanonicalHost,
     Origin,
     canonical_host,
@@ -17,7 +17,7 @@ from tcletd.addresses import (
     parse_ipv4,
     parse_port,
 )
-from tcletd.errors import RequestError
+from tcletd.shared.errors import RequestError
 
 LOOPBACK_SPELLINGS = [
     "127.0.0.1",

@@ -36,7 +36,8 @@ RUN_TIMEOUT = 45.0
 needs_tclsh = pytest.mark.skipif(TCLSH is None, reason="tclsh is not installed")
 # `tcletd run` is being built; until its module exists the comparison cannot run at all.
 needs_runner = pytest.mark.skipif(
-    importlib.util.find_spec("tcletd.runner") is None, reason="tcletd.runner not present yet"
+    importlib.util.find_spec("tcletd.cli.runner") is None,
+    reason="tcletd.cli.runner not present yet",
 )
 
 CommandBuilder = Callable[[Path, Sequence[str]], list[str]]

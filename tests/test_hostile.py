@@ -30,7 +30,7 @@ import pytest
 from tcletd.api import Host
 from tcletd.host.tclet import Tclet
 from tcletd.policy import Policy, load_policy
-from tcletd.states import EXIT_KILLED, EXIT_WALL_LIMIT, TcletResult, TcletState
+from tcletd.shared.states import EXIT_KILLED, EXIT_WALL_LIMIT, TcletResult, TcletState
 from tests.netutil import HOST, TcpServer, echo_handler
 
 pytestmark = pytest.mark.timeout(60)

@@ -12,8 +12,8 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tcletd import protocol as p
 from tcletd.host.hub import Hub, Peer
+from tcletd.shared import protocol as p
 
 pytestmark = pytest.mark.timeout(30)
 

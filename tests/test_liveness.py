@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tcletd.api import Host
-from tcletd.states import BUSY_AFTER
+from tcletd.shared.states import BUSY_AFTER
 from tests.conftest import sched_classes, tcletd_process, until
 from tests.netutil import TcpServer, echo_handler
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tcletd.addresses import Origin
 from tcletd.api import Host
 from tcletd.host.tclet import Tclet
 from tcletd.host.watchdog import PENALTY, PENALTY_LAUNCH, PenaltyBox, PenaltyHeld
-from tcletd.states import TcletState
+from tcletd.policy.addresses import Origin
+from tcletd.shared.states import TcletState
 from tests.conftest import (
     audit_records,
     run_tcletd,

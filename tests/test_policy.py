@@ -11,9 +11,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tcletd.addresses import CanonicalHost, IPAddress, canonical_host
-from tcletd.budget import Limits, Quotas
-from tcletd.errors import ConfigError
 from tcletd.policy import (
     Action,
     Decision,
@@ -23,6 +20,9 @@ from tcletd.policy import (
     load_policy,
     policy_from_text,
 )
+from tcletd.policy.addresses import CanonicalHost, IPAddress, canonical_host
+from tcletd.policy.quantities import Limits, Quotas
+from tcletd.shared.errors import ConfigError
 
 ORIGIN = Origin.parse("http://www.example.com:8080/apps/t.tcl")
 NO_ORIGIN = Origin.parse(None)

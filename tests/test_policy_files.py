@@ -1,5 +1,5 @@
 """Policy and master files: strict loading with file, key path and line; the master config;
-lint (tcletd.policyfile, tcletd.policytool)."""
+lint (tcletd.policy.files, tcletd.cli.policytool)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tcletd.budget import parse_limit_override
-from tcletd.errors import ConfigError, UnknownPolicyError
+from tcletd.cli.policytool import lint_file
 from tcletd.policy import Origin, known_policies, load_policy, policy_dir
-from tcletd.policyfile import (
-    MasterConfig,
-    UnreadableError,
-    load_master,
-    locate_lines,
-)
-from tcletd.policytool import lint_file
+from tcletd.policy.files import UnreadableError, locate_lines
+from tcletd.policy.master import MasterConfig, load_master
+from tcletd.policy.quantities import parse_limit_override
+from tcletd.shared.errors import ConfigError, UnknownPolicyError
 
 GOOD = """\
 description = "test"

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 import pytest
 
 from tcletd.api import Host, HostFull
-from tcletd.budget import Quotas, format_duration, format_size
 from tcletd.host.quotas import (
     REFUSAL_PAUSE,
     REFUSALS_PER_SECOND,
@@ -23,6 +22,7 @@ from tcletd.host.quotas import (
     TcletQuotas,
     tcp_bytes,
 )
+from tcletd.policy.quantities import Quotas, format_duration, format_size
 from tests.conftest import audit_records
 from tests.netutil import TcpServer, echo_handler
 

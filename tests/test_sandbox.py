@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 import zmq
 
-from tcletd import protocol as p
-from tcletd.states import EXIT_KILLED, HEARTBEAT_INTERVAL
+from tcletd.shared import protocol as p
+from tcletd.shared.states import EXIT_KILLED, HEARTBEAT_INTERVAL
 from tcletd.worker.sandbox import FD_HEADROOM, nofile_limit, read_limits
 from tests.conftest import ROOT
 
@@ -246,7 +246,7 @@ def test_file_writes_fail_and_children_cannot_be_made(tmp_path: Path) -> None:
     """``sandbox.apply`` in a process that runs as an unprivileged user (NPROC binds only so)."""
     code = f"""
 import os, errno
-from tcletd.protocol import WorkerSpec
+from tcletd.shared.protocol import WorkerSpec
 from tcletd.worker import sandbox
 f = open({str(tmp_path / "f")!r}, "w")  # opened before: only the size limit stands in the way
 if os.geteuid() == 0:  # root is exempt from RLIMIT_NPROC: become nobody

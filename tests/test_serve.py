@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tcletd.client import FrameReader, encode
+from tcletd.shared.control import FrameReader, encode
 from tests.conftest import ROOT, run_tcletd, tcletd_process, wait_serving
 
 pytestmark = pytest.mark.timeout(60)

@@ -20,8 +20,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tcletd.errors import RequestError
-from tcletd.protocol import PolicyGranted, WorkerSpec
+from tcletd.shared.errors import RequestError
+from tcletd.shared.protocol import PolicyGranted, WorkerSpec
 from tcletd.worker.aliases import parse_socket_args
 from tcletd.worker.channels import probe
 from tcletd.worker.tclrt import TclRuntime

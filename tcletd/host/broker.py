@@ -21,10 +21,10 @@ import socket
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
-from tcletd import protocol as p
-from tcletd.addresses import CanonicalHost, canonical_host, parse_port
-from tcletd.errors import RequestError
 from tcletd.policy import Decision, Origin, Policy, denied_message
+from tcletd.policy.addresses import CanonicalHost, canonical_host, parse_port
+from tcletd.shared import protocol as p
+from tcletd.shared.errors import RequestError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # Called with every decision (None when the request failed before one: a bad port or host).

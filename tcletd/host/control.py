@@ -1,10 +1,10 @@
 """The resident host's control endpoint (``tcletd serve``): clients launch, follow and end tclets.
 
-Host side of the trust boundary, facing the operator's clients (:mod:`tcletd.client` is the
-other end and defines the frames). A client is trusted as the operator only once the kernel
-says it runs as the host's own user or root (``SO_PEERCRED``); the socket itself lives in a
-0700 directory. Every frame is still checked: a malformed one gets an error naming the field
-and the connection is closed, and nothing is launched.
+Host side of the trust boundary, facing the operator's clients (:mod:`tcletd.cli.client` is the
+other end; :mod:`tcletd.shared.control` defines the frames). A client is trusted as the operator
+only once the kernel says it runs as the host's own user or root (``SO_PEERCRED``); the socket
+itself lives in a 0700 directory. Every frame is still checked: a malformed one gets an error
+naming the field and the connection is closed, and nothing is launched.
 
 One connection runs at most one tclet, and the tclet lives as long as the connection: a client
 that goes away takes its tclet with it (``client went away``), the way a page closed in a
@@ -26,11 +26,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tcletd.api import Host
-from tcletd.client import MAX_SCRIPT, FrameError, FrameReader, encode
-from tcletd.errors import EXIT_SOFTWARE, EXIT_USAGE, TcletdError
+from tcletd.host.host import Host
 from tcletd.host.tclet import Tclet
-from tcletd.states import EXIT_TERMINATED, signal_ending
+from tcletd.shared.control import MAX_SCRIPT, FrameError, FrameReader, encode
+from tcletd.shared.errors import EXIT_SOFTWARE, EXIT_USAGE, TcletdError
+from tcletd.shared.states import EXIT_TERMINATED, signal_ending
 
 log = logging.getLogger(__name__)
 

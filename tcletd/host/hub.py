@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import msgspec
 import zmq
 
-from tcletd import protocol as p
+from tcletd.shared import protocol as p
 
 # Frames from one worker handled per loop turn before others get their turn (fairness).
 BATCH = 64

@@ -41,11 +41,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tcletd import protocol as p
-from tcletd.budget import Quotas, format_size
-from tcletd.errors import EXIT_TEMPFAIL, RequestError, TcletdError
 from tcletd.policy import Origin, Policy, known_policies, load_policy
-from tcletd.policyfile import MasterConfig
+from tcletd.policy.master import MasterConfig
+from tcletd.policy.quantities import Quotas, format_size
+from tcletd.shared import protocol as p
+from tcletd.shared.errors import EXIT_TEMPFAIL, RequestError, TcletdError
 
 # struct tcp_info offsets (see the module docstring); ask for more than we read.
 TCP_INFO_LEN = 256

@@ -14,10 +14,10 @@ import contextlib
 import socket
 from collections.abc import Callable
 
-from tcletd import protocol as p
-from tcletd.errors import ProtocolViolation
 from tcletd.host.broker import FdChannel, shut
 from tcletd.host.quotas import TcletQuotas
+from tcletd.shared import protocol as p
+from tcletd.shared.errors import ProtocolViolation
 
 Accepting = Callable[[int, socket.socket], None]
 

@@ -3,7 +3,7 @@
 Host side of the trust boundary. Workers come from a ``multiprocess`` fork server started before
 the host creates any ZeroMQ context, with the worker's modules, tkinter and pyzmq preloaded. Only
 start arguments travel host to worker through multiprocess (a msgpack-encoded
-:class:`~tcletd.protocol.WorkerSpec` and socket objects); nothing ever comes back that way,
+:class:`~tcletd.shared.protocol.WorkerSpec` and socket objects); nothing ever comes back that way,
 because multiprocess would unpickle it. The host watches each worker's sentinel; the fork server's
 children are not the host's children, so there is no SIGCHLD or waitpid to rely on.
 """
@@ -20,8 +20,8 @@ from typing import Any
 
 import msgspec
 
-from tcletd import protocol as p
 from tcletd.host import forkserver
+from tcletd.shared import protocol as p
 
 _IDLE = os.sched_param(0)
 

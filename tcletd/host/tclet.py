@@ -24,8 +24,6 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
-from tcletd import protocol as p
-from tcletd.errors import ConfigError, ProtocolViolation, RequestError
 from tcletd.host.audit import AuditLog, TcletRecords
 from tcletd.host.broker import Audit, Broker, shut, start_eagerly
 from tcletd.host.hub import Hub, Peer
@@ -44,8 +42,10 @@ from tcletd.host.watchdog import (
     check_limits,
 )
 from tcletd.policy import Origin, Policy, known_policies, load_policy
-from tcletd.policyfile import MasterConfig
-from tcletd.states import BUSY_AFTER, EXIT_KILLED, EXIT_TERMINATED, TcletResult, TcletState
+from tcletd.policy.master import MasterConfig
+from tcletd.shared import protocol as p
+from tcletd.shared.errors import ConfigError, ProtocolViolation, RequestError
+from tcletd.shared.states import BUSY_AFTER, EXIT_KILLED, EXIT_TERMINATED, TcletResult, TcletState
 
 
 @dataclass

@@ -13,7 +13,7 @@ of them less often rather than stalling its loop. A look is a short list of name
 limits, update liveness.
 
 At a limit the host ends the worker (SIGTERM, SIGKILL after the grace) with a reason that names
-the limit and its value (``cpu limit 10 s``) and the status of :mod:`tcletd.states`.
+the limit and its value (``cpu limit 10 s``) and the status of :mod:`tcletd.shared.states`.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from typing import Protocol
 
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 
-from tcletd.budget import Limits, format_duration, format_size
-from tcletd.errors import EXIT_TEMPFAIL, TcletdError
-from tcletd.states import EXIT_KILLED, EXIT_WALL_LIMIT
+from tcletd.policy.quantities import Limits, format_duration, format_size
+from tcletd.shared.errors import EXIT_TEMPFAIL, TcletdError
+from tcletd.shared.states import EXIT_KILLED, EXIT_WALL_LIMIT
 
 log = logging.getLogger(__name__)
 

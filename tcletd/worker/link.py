@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING
 import msgspec
 import zmq
 
-from tcletd import protocol as p
-from tcletd.errors import RequestError
+from tcletd.shared import protocol as p
+from tcletd.shared.errors import RequestError
 
 if TYPE_CHECKING:
     from tcletd.worker.tclrt import TclRuntime

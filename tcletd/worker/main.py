@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 import zmq  # noqa: F401  (preloaded in the fork server)
 
-from tcletd import protocol as p
+from tcletd.shared import protocol as p
 from tcletd.worker import sandbox
 from tcletd.worker.link import EXIT_HOST_GONE, Link
 from tcletd.worker.tclrt import TclRuntime

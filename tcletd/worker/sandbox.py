@@ -48,7 +48,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
-from tcletd.protocol import WorkerSpec
+from tcletd.shared.protocol import WorkerSpec
 
 __all__ = [
     "FD_HEADROOM",

@@ -7,10 +7,10 @@ host for sockets and policies, registers its own file handlers on :attr:`TclRunt
 the host says so.
 
 Limits and liveness (see :mod:`tcletd.worker.limits`): while the tclet runs, a master ``after``
-timer sends ``Broker.heartbeat`` every :data:`tcletd.states.HEARTBEAT_INTERVAL` seconds (only
+timer sends ``Broker.heartbeat`` every :data:`tcletd.shared.states.HEARTBEAT_INTERVAL` seconds (only
 when the tclet is back in the event loop); with ``spec.commands`` > 0 the tclet's interpreters
 share that command budget, and reaching it calls ``Broker.limit_hit`` and ends the tclet with
-:data:`tcletd.states.EXIT_KILLED`. A ``Stop`` is seen only from the event loop too: a tclet
+:data:`tcletd.shared.states.EXIT_KILLED`. A ``Stop`` is seen only from the event loop too: a tclet
 blocked in I/O or computing cannot see it (the host then escalates to SIGTERM and SIGKILL).
 
 What the tclet gets beyond a plain Safe Base interpreter (see :mod:`tcletd.worker.aliases`):
@@ -29,9 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from tcletd.errors import RequestError
-from tcletd.protocol import PolicyGranted, WorkerSpec
-from tcletd.states import EXIT_KILLED, HEARTBEAT_INTERVAL, TcletState
+from tcletd.shared.errors import RequestError
+from tcletd.shared.protocol import PolicyGranted, WorkerSpec
+from tcletd.shared.states import EXIT_KILLED, HEARTBEAT_INTERVAL, TcletState
 from tcletd.worker.aliases import MASTER_TCL, TclCommandError, parse_socket_args
 from tcletd.worker.channels import ChannelFactory
 from tcletd.worker.limits import LIMITS_TCL, enforced_budget
@@ -52,7 +52,7 @@ class Broker(Protocol):
     ) -> tuple[int, int]:
         """``(sock_id, fd)`` of a connected (or, asynchronous, connecting) socket.
 
-        Raises :class:`~tcletd.errors.RequestError` with the tclet's message and errorcode.
+        Raises :class:`~tcletd.shared.errors.RequestError` with the tclet's message and errorcode.
         """
         ...
 

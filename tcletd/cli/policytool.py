@@ -16,8 +16,6 @@ from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
-from tcletd.addresses import CanonicalHost, IPAddress, canonical_host, parse_port
-from tcletd.errors import ConfigError, RequestError
 from tcletd.policy import (
     SAMPLE_ORIGIN,
     Origin,
@@ -27,13 +25,15 @@ from tcletd.policy import (
     known_policies,
     load_policy,
 )
-from tcletd.policyfile import (
+from tcletd.policy.addresses import CanonicalHost, IPAddress, canonical_host, parse_port
+from tcletd.policy.files import (
     SOCKET_OPTIONS,
     UnreadableError,
-    build_master,
     build_policy_document,
     read_toml,
 )
+from tcletd.policy.master import build_master
+from tcletd.shared.errors import ConfigError, RequestError
 
 EXIT_ALLOWED, EXIT_DENIED, EXIT_BAD = 0, 1, 2
 

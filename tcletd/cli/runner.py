@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tcletd import __version__
-from tcletd.client import default_origin, embed_args, read_script, status_line
-from tcletd.errors import EXIT_CONFIG, TcletdError
-from tcletd.states import signal_ending
+from tcletd.cli.client import default_origin, embed_args, read_script, status_line
+from tcletd.shared.errors import EXIT_CONFIG, TcletdError
+from tcletd.shared.states import signal_ending
 
 if TYPE_CHECKING:
     import asyncio

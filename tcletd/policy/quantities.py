@@ -1,7 +1,7 @@
 """Quotas and limits as values: their units (``64MiB``, ``10s``, ``1MiB/s``), their defaults,
 and the ``NAME=VALUE`` overrides of ``--limit``.
 
-Shared by both sides of the host: the policy files (:mod:`tcletd.policyfile`), the host's
+Shared by both sides of the host: the policy files (:mod:`tcletd.policy.files`), the host's
 quotas and watchdog, and the CLI. Pure: no I/O. Quantities are parsed strictly (a bad one raises
 ValueError saying what was expected; the caller names the file and key), and printed back in
 binary units for people.
@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from tcletd.errors import ConfigError
+from tcletd.shared.errors import ConfigError
 
 _NUMBER = r"\s*([0-9]+(?:\.[0-9]+)?)\s*"
 _SIZE_UNITS = {"": 1, "B": 1, "kB": 10**3, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}

@@ -95,7 +95,7 @@ class RequestPolicy(msgspec.Struct, tag=True, frozen=True):
 
 class Heartbeat(msgspec.Struct, tag=True, frozen=True):
     """Stamped from the worker's Tcl event loop (never from a thread), so a tclet that does not
-    return to its event loop stops stamping. ``state`` is a :class:`tcletd.states.TcletState`
+    return to its event loop stops stamping. ``state`` is a :class:`tcletd.shared.states.TcletState`
     name; ``commands`` is the tclet's ``info cmdcount``."""
 
     state: Short

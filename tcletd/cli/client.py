@@ -1,31 +1,24 @@
-"""The control wire and its thin client (``tcletd run --host``, ``tcletd status``).
+"""The resident host's thin client (``tcletd run --host``, ``tcletd status``).
 
 Operator side, outside the host: this is the CLI talking to a resident host (``tcletd serve``,
-whose end is :mod:`tcletd.host.control`). It imports only the standard library's socket layer,
-so a run through a resident host costs a Python start, not the host's imports (asyncio, pyzmq
-and msgspec take ~250 ms on these machines).
-
-The wire: a Unix stream socket carrying frames. A frame is one line of JSON (an object, at most
-``MAX_HEADER`` bytes) and, when the object has ``"size": N``, N raw bytes after the newline
-(a script, or a chunk of a tclet's output). A stream socket rather than ZeroMQ because the host
-must know when a client goes away (its tclet ends with it) and must know who the client is
-(``SO_PEERCRED``: only the host's own user, or root, may use it).
+whose end is :mod:`tcletd.host.control`) over the control wire (:mod:`tcletd.shared.control`).
+It imports only the standard library's socket layer, so a run through a resident host costs a
+Python start, not the host's imports (asyncio, pyzmq and msgspec take ~250 ms on these
+machines).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
 import socket
 import sys
 
-from tcletd.errors import EXIT_UNAVAILABLE, ScriptNotFound, TcletdError
+from tcletd.shared.control import MAX_OUTPUT_CHUNK, MAX_SCRIPT, FrameReader, encode
+from tcletd.shared.errors import EXIT_UNAVAILABLE, ScriptNotFound, TcletdError
+from tcletd.shared.streams import write_own
 
-MAX_HEADER = 64 * 1024
-MAX_SCRIPT = 16 * 1024 * 1024
-MAX_OUTPUT_CHUNK = 1024 * 1024  # the host sends chunks of at most READ_CHUNK (host/output.py)
 ENV_HOST = "TCLETD_HOST"
 # Signals a client passes on to its tclet: the tclet ends as it would under an embedded host.
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
@@ -41,60 +34,8 @@ if TYPE_CHECKING:
     Frame = tuple[dict[str, Any], bytes]
 
 
-class FrameError(TcletdError):
-    """A frame that breaks the control wire's rules; the connection is closed."""
-
-
 class HostUnreachable(TcletdError):
     exit_status = EXIT_UNAVAILABLE
-
-
-def encode(header: dict[str, Any], payload: bytes = b"") -> bytes:
-    if payload:
-        header = {**header, "size": len(payload)}
-    return json.dumps(header, separators=(",", ":")).encode() + b"\n" + payload
-
-
-class FrameReader:
-    """Incremental frame parser for both ends; ``max_payload`` bounds what the peer may send."""
-
-    def __init__(self, max_payload: int) -> None:
-        self._buf = bytearray()
-        self._header: dict[str, Any] | None = None
-        self._need = 0
-        self._max_payload = max_payload
-
-    def feed(self, data: bytes) -> Iterator[Frame]:
-        """Frames completed by ``data``; raises FrameError on the first bad one."""
-        self._buf += data
-        while True:
-            if self._header is None:
-                end = self._buf.find(b"\n", 0, MAX_HEADER + 1)
-                if end < 0:
-                    if len(self._buf) > MAX_HEADER:
-                        raise FrameError(f"frame header longer than {MAX_HEADER} bytes")
-                    return
-                self._header = self._parse_header(bytes(self._buf[:end]))
-                del self._buf[: end + 1]
-                self._need = self._header.get("size", 0)
-            if len(self._buf) < self._need:
-                return
-            payload = bytes(self._buf[: self._need])
-            del self._buf[: self._need]
-            header, self._header = self._header, None
-            yield header, payload
-
-    def _parse_header(self, line: bytes) -> dict[str, Any]:
-        try:
-            header = json.loads(line)
-        except ValueError as exc:
-            raise FrameError(f"frame header is not JSON: {exc}") from None
-        if not isinstance(header, dict):
-            raise FrameError("frame header is not a JSON object")
-        size = header.get("size", 0)
-        if type(size) is not int or not 0 <= size <= self._max_payload:
-            raise FrameError(f"frame size: expected 0..{self._max_payload}, got {size!r}")
-        return header
 
 
 def default_socket() -> str:
@@ -141,7 +82,7 @@ def default_origin(script_name: str) -> str | None:
 
 def status_line(entry: dict[str, Any]) -> str:
     """One tclet's status for people (SIGUSR1, ``tcletd status``)."""
-    from tcletd.budget import format_size
+    from tcletd.policy.quantities import format_size
 
     def size(key: str) -> str:
         value = entry.get(key)
@@ -164,7 +105,7 @@ def _frames(sock: socket.socket, reader: FrameReader) -> Iterator[Frame]:
 def run(args: Any, host: str | Path) -> int:
     """``tcletd run --host``: the tclet runs on a resident host; its output and status are ours."""
     if args.audit is not None:
-        from tcletd.errors import ConfigError
+        from tcletd.shared.errors import ConfigError
 
         raise ConfigError("--audit: a resident host writes its own audit (tcletd serve --audit)")
     script, script_name = read_script(args.script)
@@ -187,7 +128,7 @@ def run(args: Any, host: str | Path) -> int:
 
 
 def embed_args(pairs: list[str]) -> dict[str, str]:
-    from tcletd.errors import ConfigError
+    from tcletd.shared.errors import ConfigError
 
     out: dict[str, str] = {}
     for pair in pairs:
@@ -225,20 +166,6 @@ def _follow(sock: socket.socket) -> int:
             signal.signal(signum, handler)
         os.close(wake_r)
         os.close(wake_w)
-
-
-def write_own(stream: str, data: bytes) -> None:
-    """Write to this process's stdout or stderr. When its reader is gone (a closed pipe), point
-    the stream at /dev/null, so that no later flush fails, and raise BrokenPipeError."""
-    out = sys.stdout if stream == "stdout" else sys.stderr
-    try:
-        out.buffer.write(data)
-        out.buffer.flush()
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, out.fileno())
-        os.close(devnull)
-        raise
 
 
 def _take(header: dict[str, Any], payload: bytes, sock: socket.socket) -> int | None:

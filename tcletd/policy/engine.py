@@ -1,185 +1,41 @@
-"""The policy engine: origins, compiled rules and the allow/deny decision (host side).
+"""The policy engine: compiled rules and the allow/deny decision (host side).
 
-Pure: no sockets, no DNS, no clock; the only I/O is reading policy files. The host
-canonicalises a tclet's request with :mod:`tcletd.addresses`, resolves names itself, and asks
-:meth:`Policy.decide`, which checks the name and every resolved address and says which
-addresses the host may use. The decision rule is the Tcl plugin's (tclplugin-spec.md §1.3):
-allowed iff some ``allow`` rule of the action matches and no ``disallow`` rule does, so rule
-order never matters and an action without ``allow`` rules denies everything.
+Pure: no sockets, no DNS, no clock, no files (:mod:`tcletd.policy.store` loads them). The host
+canonicalises a tclet's request with :mod:`tcletd.policy.addresses`, resolves names itself, and
+asks :meth:`Policy.decide`, which checks the name and every resolved address and says which
+addresses the host may use. The decision rule is the Tcl plugin's: allowed iff some ``allow``
+rule of the action matches and no ``disallow`` rule does, so rule order never matters and an
+action without ``allow`` rules denies everything.
 """
 
 from __future__ import annotations
 
-import enum
-import fnmatch
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
-from pathlib import Path
 from typing import NamedTuple, TypeVar
 
-import tcletd
-from tcletd.addresses import (
-    CLASS_KEYS,
+from tcletd.policy.actions import ACTIONS, action_spec
+from tcletd.policy.addresses import (
     VARIABLES,
     CanonicalHost,
     IPAddress,
     Origin,
-    address_key,
-    canonical_host,
-    network_keys,
     normalise_address,
 )
-from tcletd.budget import parse_limit_override
-from tcletd.errors import ConfigError, RequestError, UnknownPolicyError
-from tcletd.policyfile import (
-    ACTIONS,
-    PolicyDocument,
-    RuleText,
-    build_policy_document,
-    parse_toml,
-    read_policy_document,
+from tcletd.policy.files import PolicyDocument, RuleText
+from tcletd.policy.quantities import parse_limit_override
+from tcletd.policy.words import (
+    ANY,
+    GLOB,
+    NAME,
+    VARIABLE,
+    HostWord,
+    parse_host_word,
+    parse_port_word,
+    substitute,
 )
-
-__all__ = [
-    "SAMPLE_ORIGIN",
-    "Action",
-    "CanonicalHost",
-    "Decision",
-    "HostWord",
-    "Origin",
-    "Policy",
-    "Rule",
-    "compile_rule",
-    "denied_message",
-    "known_policies",
-    "load_policy",
-    "parse_host_word",
-    "parse_port_word",
-    "policy_dir",
-    "policy_from_text",
-]
-
-
-class Action(str, enum.Enum):
-    CONNECT = "connect"
-    LISTEN = "listen"
-    ACCEPT = "accept"
-
-
-# ---------------------------------------------------------------- words
-
-_ANY, _NAME, _GLOB, _NETS = range(4)
-_VAR = re.compile(r"\$(?:\{(\w*)\}|(\w*))")
-_GLOB_CHARS = re.compile(r"[*?\[]")
-_GLOB_WORD = re.compile(r"[a-z0-9_.*?\[\]!-]+", re.ASCII)
-_PORT_NUMBER = re.compile(r"[1-9][0-9]{0,4}|0", re.ASCII)
-
-
-@dataclass(frozen=True, slots=True)
-class HostWord:
-    """A compiled host word: ``*``, a name, a glob on names, or address ranges."""
-
-    kind: int
-    text: str
-    name: str = ""
-    glob: re.Pattern[str] | None = None
-    nets: tuple[tuple[int, int, int], ...] = ()
-
-    def matches_name(self, name: str) -> bool:
-        if self.kind == _NAME:
-            return name == self.name
-        if self.kind == _GLOB:
-            assert self.glob is not None
-            return self.glob.match(name) is not None
-        return self.kind == _ANY
-
-    def matches_address(self, key: tuple[int, int]) -> bool:
-        if self.kind == _NETS:
-            version, number = key
-            return any(v == version and number & mask == net for v, net, mask in self.nets)
-        return self.kind == _ANY
-
-    @property
-    def is_address(self) -> bool:
-        return self.kind == _NETS
-
-
-def parse_host_word(word: str) -> HostWord:
-    """Compile a host word; ValueError says what is wrong with it.
-
-    Names and globs match only the requested name; addresses, CIDRs and classes only
-    addresses (an IP-literal request, or the addresses the host resolved); ``*`` both.
-    """
-    lowered = word.lower()
-    if word == "*":
-        return HostWord(_ANY, word)
-    if lowered in CLASS_KEYS:
-        return HostWord(_NETS, word, nets=CLASS_KEYS[lowered])
-    if "/" in word:
-        try:
-            return HostWord(_NETS, word, nets=(network_keys(word),))
-        except ValueError as exc:
-            raise ValueError(f"expected a CIDR like 10.0.0.0/8 or fd00::/8: {exc}") from None
-    if _GLOB_CHARS.search(word):
-        labels = [
-            label if _GLOB_CHARS.search(label) or label.isascii() else _idna(label)
-            for label in lowered.removesuffix(".").split(".")
-        ]
-        pattern = ".".join(labels)
-        if not _GLOB_WORD.fullmatch(pattern):
-            raise ValueError(f"expected a glob over host names like *.example.com, got {word!r}")
-        return HostWord(_GLOB, word, glob=re.compile(fnmatch.translate(pattern)))
-    try:
-        host = canonical_host(word)
-    except RequestError as exc:
-        raise ValueError(f"expected a host word: {exc.message}") from None
-    if host.ip is not None:
-        return HostWord(
-            _NETS, word, nets=((*address_key(host.ip), (1 << host.ip.max_prefixlen) - 1),)
-        )
-    return HostWord(_NAME, word, name=host.text)
-
-
-def _idna(label: str) -> str:
-    return label.encode("idna").decode("ascii")
-
-
-def parse_port_word(word: str) -> tuple[int, int]:
-    """Compile a port word (``25``, ``1000-2000``, ``>1024``, ``<1025``, ``*``) to a closed range.
-
-    ValueError for malformed numbers and for ranges that can never match (``5-3``, ``>65535``).
-    """
-    if word == "*":
-        return 0, 65535
-    if word[:1] in "<>":
-        bound = _port_number(word[1:])
-        low, high = (bound + 1, 65535) if word[0] == ">" else (0, bound - 1)
-    elif "-" in word:
-        first, _, second = word.partition("-")
-        low, high = _port_number(first), _port_number(second)
-    else:
-        low = high = _port_number(word)
-    if low > high:
-        raise ValueError(f"port word {word!r} can never match")
-    return low, high
-
-
-def _port_number(text: str) -> int:
-    if not _PORT_NUMBER.fullmatch(text) or int(text) > 65535:
-        raise ValueError(f"expected a port number 0..65535 in plain decimal, got {text!r}")
-    return int(text)
-
-
-def _substitute(word: str, variables: dict[str, str]) -> str:
-    # Escape glob characters in substituted values: an origin's URL is data, never a pattern.
-    def value(m: re.Match[str]) -> str:
-        text = variables[m.group(1) or m.group(2)]
-        return re.sub(r"([*?\[])", r"[\1]", text)
-
-    return _VAR.sub(value, word)
-
+from tcletd.shared.errors import ConfigError
 
 # ---------------------------------------------------------------- rules and decisions
 
@@ -214,11 +70,11 @@ def _compile_word(
 ) -> _W:
     expanded = word
     try:
-        for m in _VAR.finditer(word):
+        for m in VARIABLE.finditer(word):
             name = m.group(1) or m.group(2)
             if name not in VARIABLES:
                 raise ValueError(f"unknown origin variable ${name}; known: {', '.join(VARIABLES)}")
-        expanded = _substitute(word, variables)
+        expanded = substitute(word, variables)
         return parse(expanded)
     except ValueError as exc:
         message = f"{word!r} expands to {expanded!r}: {exc}" if expanded != word else str(exc)
@@ -235,12 +91,12 @@ class _Index:
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = tuple(rules)
-        self.any = tuple(r for r in rules if r.host.kind == _ANY)
-        self.globs = tuple(r for r in rules if r.host.kind == _GLOB)
+        self.any = tuple(r for r in rules if r.host.kind == ANY)
+        self.globs = tuple(r for r in rules if r.host.kind == GLOB)
         self.names: dict[str, tuple[Rule, ...]] = {}
         nets: dict[tuple[int, int], dict[int, tuple[Rule, ...]]] = {}
         for r in rules:
-            if r.host.kind == _NAME:
+            if r.host.kind == NAME:
                 self.names[r.host.name] = (*self.names.get(r.host.name, ()), r)
             for version, net, mask in r.host.nets:
                 table = nets.setdefault((version, mask), {})
@@ -347,9 +203,9 @@ class Policy:
             self._cache[origin.url] = sections
         return sections
 
-    def rules_for(self, action: Action | str, origin: Origin | None = None) -> tuple[Rule, ...]:
+    def rules_for(self, action: str, origin: Origin | None = None) -> tuple[Rule, ...]:
         """Every rule of an action as it applies to ``origin`` (for display and audit)."""
-        sec = self._for_origin(origin or Origin.unknown())[Action(action).value]
+        sec = self._for_origin(origin or Origin.unknown())[action_spec(action).name]
         return tuple(sorted(sec.allow.rules + sec.disallow.rules, key=lambda r: r.order))
 
     def with_overrides(self, *overrides: str) -> Policy:
@@ -361,7 +217,7 @@ class Policy:
 
     def decide(
         self,
-        action: Action | str,
+        action: str,
         host: CanonicalHost,
         port: int,
         origin: Origin,
@@ -375,11 +231,8 @@ class Policy:
         matches it or the name. A name the host could not resolve (no addresses) is allowed
         with nothing usable when an allow rule matches the name.
         """
-        act = action.value if isinstance(action, Action) else action
-        try:
-            sec = self._for_origin(origin)[act]
-        except KeyError:
-            raise ValueError(f"unknown action {act!r}; expected one of {ACTIONS}") from None
+        act = action if action in ACTIONS else action_spec(action).name
+        sec = self._for_origin(origin)[act]
         name = host.text if host.ip is None else None
         if host.ip is not None:
             if addresses is not None and list(map(normalise_address, addresses)) != [host.ip]:
@@ -396,7 +249,7 @@ class Policy:
                 keys.append(key)
                 found.append(address)
         checked = tuple(found)
-        if not (0 <= port <= 65535) or (port == 0 and act != "listen"):
+        if not (0 <= port <= 65535) or (port == 0 and not ACTIONS[act].port_zero):
             reason = f"port {port} out of range"
             return Decision(False, act, host.text, port, checked, (), (), reason)
         deny, allow = sec.disallow, sec.allow
@@ -439,55 +292,3 @@ def _labels(rules: list[Rule]) -> tuple[str, ...]:
     if len(rules) < 2:
         return tuple(r.label for r in rules)
     return tuple(dict.fromkeys(r.label for r in sorted(rules, key=_order)))
-
-
-# ---------------------------------------------------------------- loading
-
-
-def policy_dir() -> Path:
-    """The shipped policies: ``tcletd/_policies`` in a wheel, else the repository's
-    ``policies/``."""
-    package = Path(tcletd.__file__).parent
-    installed = package / "_policies"
-    return installed if installed.is_dir() else package.parent / "policies"
-
-
-def known_policies() -> tuple[str, ...]:
-    """Names of the shipped policies, sorted (the master config is not a policy)."""
-    return tuple(sorted(p.stem for p in policy_dir().glob("*.toml") if p.stem != "master"))
-
-
-_loaded: dict[tuple[str, int, int], Policy] = {}
-
-
-def load_policy(name: str | Path) -> Policy:
-    """A shipped policy by name (``home``) or a policy file by path (anything with ``/`` or
-    ending in ``.toml``). UnknownPolicyError lists the known names; ConfigError says where."""
-    text = str(name)
-    if isinstance(name, Path) or "/" in text or text.endswith(".toml"):
-        path = Path(name)
-    elif re.fullmatch(r"[a-z][a-z0-9_-]{0,63}", text) and text in known_policies():
-        path = policy_dir() / f"{text}.toml"
-    else:
-        raise UnknownPolicyError(
-            f'unknown policy "{text}"; known policies: {", ".join(known_policies())}'
-        )
-    try:
-        stat = path.stat()
-        cache_key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    except OSError:
-        cache_key = None
-    if cache_key is not None and cache_key in _loaded:
-        return _loaded[cache_key]
-    policy = Policy(read_policy_document(path))
-    if cache_key is not None:
-        if len(_loaded) >= 64:
-            _loaded.clear()
-        _loaded[cache_key] = policy
-    return policy
-
-
-def policy_from_text(text: str, name: str = "inline", file: str = "<policy>") -> Policy:
-    """Compile a policy from TOML text (tests, embedders); same validation as files."""
-    doc, lines = parse_toml(text, file)
-    return Policy(build_policy_document(doc, lines, file, name, None))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from urllib.parse import urlsplit
 
-from tcletd.errors import RequestError
+from tcletd.shared.errors import RequestError
 
 IPAddress = IPv4Address | IPv6Address
 

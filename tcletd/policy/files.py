@@ -5,13 +5,12 @@ nothing loads in part: the first problem raises ConfigError naming the file, the
 key path (``connect.allow[2].port``). Rules are strings ``"HOSTWORD PORTWORD"`` inside
 ``allow``/``disallow`` arrays; TOML parsers keep no positions, so :func:`locate_lines` scans
 the raw text to give every value its line. Word compilation and the decision live in
-:mod:`tcletd.policy`, quota and limit values and their units in :mod:`tcletd.budget`; this
-module knows only the file formats.
+:mod:`tcletd.policy.words` and :mod:`tcletd.policy.engine`, quota and limit values and their
+units in :mod:`tcletd.policy.quantities`; this module knows only the file formats.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import re
 import sys
 from dataclasses import dataclass
@@ -20,16 +19,15 @@ from typing import Any
 
 import msgspec
 
-from tcletd.addresses import Origin
-from tcletd.budget import Limits, Quotas, coerce, parse_budget_value
-from tcletd.errors import ConfigError
+from tcletd.policy.actions import ACTIONS
+from tcletd.policy.quantities import Limits, Quotas, coerce, parse_budget_value
+from tcletd.shared.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised only on 3.10
     import tomli as tomllib
 
-ACTIONS = ("connect", "listen", "accept")
 KINDS = ("allow", "disallow")
 SOCKET_OPTIONS = frozenset(
     {"-blocking", "-buffering", "-buffersize", "-encoding", "-eofchar", "-translation"}
@@ -41,7 +39,7 @@ class UnreadableError(ConfigError):
     """The file is missing, unreadable or not TOML at all (lint exits 2 for this)."""
 
 
-def _error(message: str, file: str, key: str, lines: dict[str, int]) -> ConfigError:
+def error(message: str, file: str, key: str, lines: dict[str, int]) -> ConfigError:
     return ConfigError(message, file=file, key=key, line=lines.get(key, 0))
 
 
@@ -53,7 +51,7 @@ def _budget(table: str, raw: dict[str, Any], file: str, lines: dict[str, int]) -
         try:
             values[key] = parse_budget_value(table, key, value)
         except (KeyError, ValueError) as exc:
-            raise _error(str(exc.args[0]), file, path, lines) from None
+            raise error(str(exc.args[0]), file, path, lines) from None
     return cls(**{k: coerce(cls, k, v) for k, v in values.items()})
 
 
@@ -186,16 +184,20 @@ class _Rules(msgspec.Struct, forbid_unknown_fields=True):
     disallow: list[str] = msgspec.field(default_factory=list)
 
 
-class _PolicyDoc(msgspec.Struct, forbid_unknown_fields=True):
-    description: str = ""
-    hidden_options: list[str] = msgspec.field(default_factory=lambda: ["-peername"])
-    service_names: bool = False
-    connect: _Rules = msgspec.field(default_factory=_Rules)
-    listen: _Rules = msgspec.field(default_factory=_Rules)
-    accept: _Rules = msgspec.field(default_factory=_Rules)
-    # Values are checked by _budget, whose messages name the unit expected.
-    quotas: dict[str, Any] = msgspec.field(default_factory=dict)
-    limits: dict[str, Any] = msgspec.field(default_factory=dict)
+# One section per policy action, from the registry. Quota and limit values are checked by
+# _budget, whose messages name the unit expected.
+_PolicyDoc = msgspec.defstruct(
+    "_PolicyDoc",
+    [
+        ("description", str, ""),
+        ("hidden_options", list[str], msgspec.field(default_factory=lambda: ["-peername"])),
+        ("service_names", bool, False),
+        *((action, _Rules, msgspec.field(default_factory=_Rules)) for action in ACTIONS),
+        ("quotas", dict[str, Any], msgspec.field(default_factory=dict)),
+        ("limits", dict[str, Any], msgspec.field(default_factory=dict)),
+    ],
+    forbid_unknown_fields=True,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,11 +245,11 @@ def read_policy_document(path: str | Path) -> PolicyDocument:
 def build_policy_document(
     doc: dict[str, Any], lines: dict[str, int], file: str, name: str, path: Path | None
 ) -> PolicyDocument:
-    parsed: _PolicyDoc = convert(doc, _PolicyDoc, file, lines)
+    parsed = convert(doc, _PolicyDoc, file, lines)
     for i, option in enumerate(parsed.hidden_options):
         if not re.fullmatch(r"-[a-z]+", option, re.ASCII):
             message = f"expected an option name like -peername, got {option!r}"
-            raise _error(message, file, f"hidden_options[{i}]", lines)
+            raise error(message, file, f"hidden_options[{i}]", lines)
     rules: list[RuleText] = []
     for action in ACTIONS:
         section: _Rules = getattr(parsed, action)
@@ -256,112 +258,10 @@ def build_policy_document(
                 key = f"{action}.{kind}[{i}]"
                 words = text.split()
                 if len(words) != 2:
-                    raise _error(f'expected "HOSTWORD PORTWORD", got {text!r}', file, key, lines)
+                    raise error(f'expected "HOSTWORD PORTWORD", got {text!r}', file, key, lines)
                 rules.append(RuleText(action, kind, i, words[0], words[1], file, lines.get(key, 0)))
     quotas = _budget("quotas", parsed.quotas, file, lines)
     limits = _budget("limits", parsed.limits, file, lines)
     options = tuple(dict.fromkeys(parsed.hidden_options))
     head = (name, path, file, parsed.description, options, parsed.service_names)
     return PolicyDocument(*head, tuple(rules), quotas, limits)
-
-
-# ---------------------------------------------------------------- master config
-
-
-class _GrantDoc(msgspec.Struct, forbid_unknown_fields=True):
-    policy: str
-    origins: list[str]
-
-
-class _MasterDoc(msgspec.Struct, forbid_unknown_fields=True):
-    grant: list[_GrantDoc] = msgspec.field(default_factory=list)
-    deny: list[_GrantDoc] = msgspec.field(default_factory=list)
-
-
-# A canonical origin URL always carries its port, so a pattern without one can never match.
-_PORTLESS = re.compile(r"(https?|ftp|wss?)://[^/:*?\[\]]+(/.*)?")
-
-
-@dataclass(frozen=True, slots=True)
-class MasterRule:
-    kind: str  # "grant" or "deny"
-    policy: str  # a policy name, or a glob over names
-    origins: tuple[str, ...]  # globs over canonical origin URLs, or "UNKNOWN"
-    label: str  # "file:line: grant home"
-
-    def matches(self, policy_name: str, origin: Origin) -> bool:
-        if not fnmatch.fnmatchcase(policy_name, self.policy):
-            return False
-        for pattern in self.origins:
-            if pattern == "UNKNOWN":
-                if not origin.known:
-                    return True
-            elif origin.known and fnmatch.fnmatchcase(origin.url, pattern):
-                return True
-        return False
-
-
-@dataclass(frozen=True, slots=True)
-class MasterDecision:
-    allowed: bool
-    rule: str  # the deciding rule's label, "" when no rule matched
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class MasterConfig:
-    """Which policies a tclet may request for which origins (the plugin's plugin.cfg).
-
-    Allowed iff some ``grant`` matches the policy name and origin and no ``deny`` does.
-    Origin patterns are globs on the canonical origin URL; ``UNKNOWN`` matches a tclet whose
-    origin is unknown, which no glob (not even ``*``) does.
-    """
-
-    path: Path | None
-    rules: tuple[MasterRule, ...]
-
-    def check(self, policy_name: str, origin: Origin) -> MasterDecision:
-        for rule in self.rules:
-            if rule.kind == "deny" and rule.matches(policy_name, origin):
-                return MasterDecision(False, rule.label, f"policy {policy_name} denied")
-        for rule in self.rules:
-            if rule.kind == "grant" and rule.matches(policy_name, origin):
-                return MasterDecision(True, rule.label, f"policy {policy_name} granted")
-        return MasterDecision(False, "", f"no grant of policy {policy_name} for {origin.url}")
-
-    def allows(self, policy_name: str, origin: Origin) -> bool:
-        return self.check(policy_name, origin).allowed
-
-
-def load_master(path: str | Path | None = None) -> MasterConfig:
-    """Load the master config (default: the shipped ``master.toml``); ConfigError if invalid."""
-    if path is None:
-        from tcletd.policy import policy_dir
-
-        path = policy_dir() / "master.toml"
-    doc, lines = read_toml(path)
-    return build_master(doc, lines, str(path), Path(path))
-
-
-def build_master(
-    doc: dict[str, Any], lines: dict[str, int], file: str, path: Path | None
-) -> MasterConfig:
-    parsed: _MasterDoc = convert(doc, _MasterDoc, file, lines)
-    rules: list[MasterRule] = []
-    for kind, entries in (("grant", parsed.grant), ("deny", parsed.deny)):
-        for i, entry in enumerate(entries):
-            key = f"{kind}[{i}]"
-            if not re.fullmatch(r"[A-Za-z0-9_*?\[\]!-]+", entry.policy, re.ASCII):
-                raise _error("expected a policy name or glob", file, f"{key}.policy", lines)
-            for j, pattern in enumerate(entry.origins):
-                if not pattern or any(c.isspace() for c in pattern) or _PORTLESS.fullmatch(pattern):
-                    message = (
-                        f"{pattern!r} can never match: expected a glob on canonical origin URLs, "
-                        "which always carry the port (http://host:80/*), or UNKNOWN"
-                    )
-                    raise _error(message, file, f"{key}.origins[{j}]", lines)
-            line = lines.get(key, 0)
-            label = f"{file}:{line}" if line else f"{file}: {key}"
-            label = f"{label}: {kind} {entry.policy}"
-            rules.append(MasterRule(kind, entry.policy, tuple(entry.origins), label))
-    return MasterConfig(path, tuple(rules))

@@ -11,10 +11,10 @@ import sys
 from collections.abc import Sequence
 
 from tcletd import __version__
-from tcletd.budget import parse_duration
-from tcletd.client import ENV_HOST
-from tcletd.client import default_socket as client_default_socket
-from tcletd.errors import EXIT_USAGE, TcletdError
+from tcletd.cli.client import ENV_HOST
+from tcletd.cli.client import default_socket as client_default_socket
+from tcletd.policy.quantities import parse_duration
+from tcletd.shared.errors import EXIT_USAGE, TcletdError
 
 RUN_EPILOG = """\
 exit status:
@@ -157,31 +157,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "policy":
-            from tcletd import policytool
+            from tcletd.cli import policytool
 
             if args.policy_command == "check":
                 return policytool.check(args)
             return policytool.lint(args)
         if args.command == "run" and args.host:
-            from tcletd import client
+            from tcletd.cli import client
 
             return client.run(args, args.host)
         if args.command == "run":
-            from tcletd import runner
+            from tcletd.cli import runner
 
             return runner.run(args)
         if args.command == "status":
-            from tcletd import client
+            from tcletd.cli import client
 
             return client.status(args.host or client_default_socket())
         if args.command == "serve":
-            from tcletd import runner
+            from tcletd.cli import runner
 
             if args.socket is None:
                 args.socket = client_default_socket()
             return runner.serve(args)
         if args.command in ("version", "doctor"):
-            from tcletd import runner
+            from tcletd.cli import runner
 
             return runner.doctor(verbose=args.command == "doctor")
     except TcletdError as exc:

@@ -1,0 +1,237 @@
+"""The host: a private run directory, a fork server, the ROUTER its workers talk to, the broker
+that makes their sockets, the watchdog and the audit log, and the tclets it runs.
+
+Host side of the trust boundary. Embedders reach it through :mod:`tcletd.api`; the resident
+host's control server (:mod:`tcletd.host.control`) and the CLI's embedded run drive it too.
+Each tclet runs under its policy's quotas and limits (``--limit`` style overrides per launch);
+the host as a whole holds at most ``max_workers`` tclets and ``max_sockets`` sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from tcletd.host.audit import AuditLog, TcletRecords
+from tcletd.host.broker import Broker
+from tcletd.host.hub import Hub
+from tcletd.host.quotas import HostFull, HostTotals, ceilings, workers_message
+from tcletd.host.supervisor import Supervisor
+from tcletd.host.tclet import Services, Tclet
+from tcletd.host.watchdog import PENALTY, PENALTY_LAUNCH, PenaltyBox, PenaltyHeld, Watchdog
+from tcletd.policy import Origin, Policy, load_policy
+from tcletd.policy.master import MasterConfig, load_master
+from tcletd.shared import protocol as p
+from tcletd.shared.states import EXIT_TERMINATED, TcletResult
+from tcletd.shared.streams import write_own
+
+DEFAULT_POLICY = "home"
+# Host-wide totals; every tclet also has its own policy quotas (8 sockets under home).
+DEFAULT_MAX_WORKERS = 64
+DEFAULT_MAX_SOCKETS = 1024
+
+
+def _write_to(stream: str) -> Callable[[bytes], None]:
+    # A closed pipe raises here, and the tclet's stream is dropped (OutputRelay.drop).
+    return functools.partial(write_own, stream)
+
+
+class Host:
+    """Runs tclets, each in its own worker process, under the policies it is given."""
+
+    def __init__(
+        self,
+        *,
+        audit: str | Path | None = None,
+        master: str | Path | None = None,
+        grace: float = 0.5,
+        max_workers: int = DEFAULT_MAX_WORKERS,
+        max_sockets: int = DEFAULT_MAX_SOCKETS,
+        penalty: float = PENALTY,
+    ) -> None:
+        """``grace``: seconds between SIGTERM and SIGKILL when the host ends a worker;
+        ``penalty``: seconds a site whose tclet was ended at a limit stays in the penalty box,
+        where its tclets start demoted and at most one a second (0: no box)."""
+        if not penalty >= 0:
+            raise ValueError(f"Host(penalty=...): seconds must be 0 or more, not {penalty!r}")
+        self._penalty = penalty
+        self._audit_path = audit
+        self._master_path = master
+        self._grace = grace
+        self._totals = HostTotals(max_workers=max_workers, max_sockets=max_sockets)
+        self._services: Services | None = None
+        self._watchdog: Watchdog | None = None
+        self._run_dir: Path | None = None
+
+    async def __aenter__(self) -> Host:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        """Start the fork server, then the ROUTER: forks must precede any ZeroMQ context."""
+        loop = asyncio.get_running_loop()
+        master: MasterConfig = load_master(self._master_path)
+        supervisor = Supervisor(grace=self._grace)
+        supervisor.start()
+        self._run_dir = Path(tempfile.mkdtemp(prefix="tcletd-"))
+        self._run_dir.chmod(0o700)
+        hub = Hub(f"ipc://{self._run_dir}/hub", loop)
+        self._services = Services(
+            loop=loop,
+            hub=hub,
+            broker=Broker(loop),
+            supervisor=supervisor,
+            audit=AuditLog(self._audit_path),
+            master=master,
+            totals=self._totals,
+            penalties=PenaltyBox(self._penalty),
+        )
+        self._watchdog = Watchdog(self._services.tclets)
+        self._watchdog.start(loop)
+
+    async def close(self) -> None:
+        """End every tclet still running and release the host's resources."""
+        if self._services is None:
+            return
+        tclets = list(self._services.tclets.values())
+        await asyncio.gather(*(t.end("host closing", EXIT_TERMINATED) for t in tclets))
+        await asyncio.gather(*(t.wait() for t in tclets))
+        if self._watchdog is not None:
+            await self._watchdog.stop()
+        await self._services.supervisor.shutdown()
+        self._services.hub.close()
+        self._services.audit.close()
+        if self._run_dir is not None:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+        self._services = None
+
+    async def run_tclet(
+        self,
+        script: str,
+        *,
+        script_name: str = "tclet.tcl",
+        policy: str | Path | Policy | None = None,
+        origin: str | None = None,
+        argv: Sequence[str] = (),
+        embed_args: Mapping[str, str] | None = None,
+        on_stdout: Callable[[bytes], None] | None = None,
+        on_stderr: Callable[[bytes], None] | None = None,
+        limits: Sequence[str] = (),
+    ) -> TcletResult:
+        """Run one tclet to its end; its output goes to the callbacks (default: our own)."""
+        tclet = self.launch(
+            script,
+            script_name=script_name,
+            policy=policy,
+            origin=origin,
+            argv=argv,
+            embed_args=embed_args,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+            limits=limits,
+        )
+        return await tclet.wait()
+
+    def status(self) -> list[dict[str, object]]:
+        """One dict per running tclet: id, pid, policy, state, sockets, bytes_sent,
+        bytes_received, cpu (seconds), rss (bytes), age (seconds since launch), demoted (its
+        priority was lowered for hogging a core), output (stdout and stderr bytes so far)."""
+        if self._services is None:
+            return []
+        return [t.status() for t in list(self._services.tclets.values())]
+
+    def launch(
+        self,
+        script: str,
+        *,
+        script_name: str = "tclet.tcl",
+        policy: str | Path | Policy | None = None,
+        origin: str | None = None,
+        argv: Sequence[str] = (),
+        embed_args: Mapping[str, str] | None = None,
+        on_stdout: Callable[[bytes], None] | None = None,
+        on_stderr: Callable[[bytes], None] | None = None,
+        limits: Sequence[str] = (),
+        client: Mapping[str, int] | None = None,
+    ) -> Tclet:
+        """Start a tclet and return at once; ``await tclet.wait()`` for its result.
+
+        ``limits`` are ``NAME=VALUE`` overrides of the policy's quotas and limits (``cpu=5s``,
+        ``sockets=4``), applied also to a policy the tclet later asks for; a bad one raises
+        ConfigError naming the key. Past the host's worker total, raises :class:`HostFull`; from
+        a site in the penalty box less than a second after its last launch, :class:`PenaltyHeld`.
+        ``client`` (who asked for the tclet: the resident host's client's ``pid`` and ``uid``)
+        is recorded in the audit log's launch record.
+        """
+        if self._services is None:
+            raise RuntimeError("Host is not started")
+        if self._totals.workers >= self._totals.max_workers:
+            raise HostFull(workers_message(self._totals.max_workers))
+        fixed = policy is not None
+        if not isinstance(policy, Policy):
+            policy = load_policy(str(policy) if policy is not None else DEFAULT_POLICY)
+        policy = policy.with_overrides(*limits)
+        tclet_id = secrets.token_hex(16)
+        where = Origin.parse(origin)
+        spec = p.WorkerSpec(
+            tclet_id=tclet_id,
+            token=secrets.token_hex(32),
+            endpoint=self._services.hub.endpoint,
+            script=script,
+            script_name=script_name,
+            argv=list(argv),
+            embed_args=dict(embed_args or {}),
+            policy=policy.name,
+            hidden_options=list(policy.hidden_options),
+            # What the worker enforces on itself: descriptors on top of the runtime's own (its
+            # socket quota), the Tcl command count, and OS backstops under the host's watchdog.
+            nofile=policy.quotas.sockets,
+            commands=policy.limits.commands,
+            memory=policy.limits.memory,
+            cpu=policy.limits.cpu,
+            **ceilings(policy, fixed, self._services.master, where, limits),
+        )
+        tclet = Tclet(
+            self._services,
+            spec,
+            policy,
+            where,
+            policy_fixed=fixed,
+            on_stdout=on_stdout or _write_to("stdout"),
+            on_stderr=on_stderr or _write_to("stderr"),
+            overrides=limits,
+        )
+        try:
+            undo = self._services.penalties.admit_launch(where.site, time.monotonic())
+        except PenaltyHeld as exc:
+            TcletRecords(self._services.audit, tclet_id, where.url, lambda: policy.name)(
+                "quota",
+                quota="site_launches",
+                limit=1,
+                value=round(PENALTY_LAUNCH - exc.wait, 3),
+                action="refused",
+                request="launch",
+                site=exc.site,
+            )
+            raise
+        try:
+            tclet.launch(**({"client": dict(client)} if client else {}))
+        except BaseException:
+            undo()  # no worker: the launch does not count against the site
+            raise
+        return tclet

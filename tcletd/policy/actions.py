@@ -1,0 +1,74 @@
+"""The policy actions: the one place where an action (``connect``, ``listen``, ``accept``) is
+declared. Host side; pure.
+
+Everything that knows the set of actions reads it from :data:`ACTIONS`: the policy file schema
+(one ``[action]`` section each, with ``allow`` and ``disallow`` lists), the engine's compiled
+sections and its decision, ``tcletd policy lint`` and ``tcletd policy check --action``, and the
+documentation test for ``docs/policy.md``. Adding an action means a spec here, and the host and
+worker code that makes the requests it governs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tcletd.policy.addresses import Origin
+
+# An empty host in a request stands for the tclet's origin (the plugin's rule for connects).
+ORIGIN_HOST = "$originSocketHost"
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSpec:
+    """One action: its section name, what it governs, what an empty host in a request means
+    (:data:`ORIGIN_HOST` or a literal address) and whether port 0 (any free port) is a valid
+    request."""
+
+    name: str
+    help: str
+    empty_host: str
+    port_zero: bool
+
+    def target_host(self, host: str, origin: Origin) -> str:
+        """The host a request names, with an empty one filled in as the plugin did."""
+        if host.strip():
+            return host
+        return origin.socket_host if self.empty_host == ORIGIN_HOST else self.empty_host
+
+
+ACTIONS: dict[str, ActionSpec] = {
+    spec.name: spec
+    for spec in (
+        ActionSpec("connect", "where a tclet may connect", ORIGIN_HOST, port_zero=False),
+        ActionSpec(
+            "listen",
+            "local address (-myaddr, else 0.0.0.0) and port it may bind",
+            "0.0.0.0",
+            port_zero=True,
+        ),
+        ActionSpec(
+            "accept", "peers that may connect to its server sockets", "0.0.0.0", port_zero=False
+        ),
+    )
+}
+
+
+def action_spec(name: object) -> ActionSpec:
+    """The spec of an action given by name; ValueError names the known ones."""
+    spec = ACTIONS.get(name) if isinstance(name, str) else None
+    if spec is None:
+        raise ValueError(f"unknown action {name!r}; expected one of {', '.join(ACTIONS)}")
+    return spec
+
+
+class _Names:
+    """``Action.CONNECT`` is ``"connect"``: the registry's names as attributes, for callers that
+    prefer a name they cannot misspell silently (an unknown one raises AttributeError)."""
+
+    def __getattr__(self, attr: str) -> str:
+        if attr.lower() not in ACTIONS:
+            raise AttributeError(f"unknown action {attr!r}; expected one of {', '.join(ACTIONS)}")
+        return attr.lower()
+
+
+Action = _Names()

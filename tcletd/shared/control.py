@@ -1,0 +1,83 @@
+"""The control wire between an operator's client and a resident host (``tcletd serve``).
+
+Both ends import this module: the host's control server (:mod:`tcletd.host.control`) and every
+client (:mod:`tcletd.cli.client`, and tests speaking raw frames). It imports only the standard
+library, so that a client costs a Python start and no more.
+
+A Unix stream socket carries frames. A frame is one line of JSON (an object, at most
+``MAX_HEADER`` bytes) and, when the object has ``"size": N``, N raw bytes after the newline (a
+script, or a chunk of a tclet's output). A stream socket rather than ZeroMQ because the host
+must know when a client goes away (its tclet ends with it) and who the client is
+(``SO_PEERCRED``: only the host's own user, or root, may use it).
+"""
+
+from __future__ import annotations
+
+import json
+
+from tcletd.shared.errors import TcletdError
+
+MAX_HEADER = 64 * 1024
+MAX_SCRIPT = 16 * 1024 * 1024
+MAX_OUTPUT_CHUNK = 1024 * 1024  # the host sends chunks of at most READ_CHUNK (host/output.py)
+
+# Not typing.TYPE_CHECKING: importing typing costs a client start-up time (mypy takes any name
+# TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
+
+    Frame = tuple[dict[str, Any], bytes]
+
+
+class FrameError(TcletdError):
+    """A frame that breaks the control wire's rules; the connection is closed."""
+
+
+def encode(header: dict[str, Any], payload: bytes = b"") -> bytes:
+    if payload:
+        header = {**header, "size": len(payload)}
+    return json.dumps(header, separators=(",", ":")).encode() + b"\n" + payload
+
+
+class FrameReader:
+    """Incremental frame parser for both ends; ``max_payload`` bounds what the peer may send."""
+
+    def __init__(self, max_payload: int) -> None:
+        self._buf = bytearray()
+        self._header: dict[str, Any] | None = None
+        self._need = 0
+        self._max_payload = max_payload
+
+    def feed(self, data: bytes) -> Iterator[Frame]:
+        """Frames completed by ``data``; raises FrameError on the first bad one."""
+        self._buf += data
+        while True:
+            if self._header is None:
+                end = self._buf.find(b"\n", 0, MAX_HEADER + 1)
+                if end < 0:
+                    if len(self._buf) > MAX_HEADER:
+                        raise FrameError(f"frame header longer than {MAX_HEADER} bytes")
+                    return
+                self._header = self._parse_header(bytes(self._buf[:end]))
+                del self._buf[: end + 1]
+                self._need = self._header.get("size", 0)
+            if len(self._buf) < self._need:
+                return
+            payload = bytes(self._buf[: self._need])
+            del self._buf[: self._need]
+            header, self._header = self._header, None
+            yield header, payload
+
+    def _parse_header(self, line: bytes) -> dict[str, Any]:
+        try:
+            header = json.loads(line)
+        except ValueError as exc:
+            raise FrameError(f"frame header is not JSON: {exc}") from None
+        if not isinstance(header, dict):
+            raise FrameError("frame header is not a JSON object")
+        size = header.get("size", 0)
+        if type(size) is not int or not 0 <= size <= self._max_payload:
+            raise FrameError(f"frame size: expected 0..{self._max_payload}, got {size!r}")
+        return header
