@@ -10,7 +10,8 @@ goes first, against one Python server running in its own process (so it never co
 with this driver for the GIL). The Tcl script measures inside itself with
 ``clock microseconds`` and prints ``RESULT name value`` lines, so start-up costs stay out
 of the socket figures; start-up is measured separately as the wall time of
-``examples/hello.tcl``. This VM is noisy (see docs: perf-baseline), so read medians of
+``examples/hello.tcl``. This VM is noisy (the same native round trip measured 149 µs in
+one run and 270 µs in the next), so read medians of
 several rounds, and compare the two columns of the same run rather than runs with each other.
 
 Targets: echo RT tcletd/tclsh <= 1.10; bulk throughput tcletd/tclsh >= 0.95 each way;

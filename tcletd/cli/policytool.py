@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tcletd.policy import (
+    ACTIONS,
     SAMPLE_ORIGIN,
     Origin,
     Rule,
@@ -25,7 +26,7 @@ from tcletd.policy import (
     known_policies,
     load_policy,
 )
-from tcletd.policy.addresses import CanonicalHost, IPAddress, canonical_host, parse_port
+from tcletd.policy.addresses import CanonicalHost, IPAddress
 from tcletd.policy.files import (
     SOCKET_OPTIONS,
     UnreadableError,
@@ -55,19 +56,15 @@ def check(args: argparse.Namespace) -> int:
     if args.origin is not None and not origin.known:
         raise ConfigError(f"cannot parse origin URL {args.origin!r}", key="--origin")
     action: str = args.action
-    host_text: str = args.host
-    if not host_text.strip():
-        # The plugin's rule: an empty host means the tclet's own origin (connect), and a
-        # server without -myaddr binds the unspecified address (listen).
-        host_text = origin.socket_host if action == "connect" else "0.0.0.0"
+    spec = ACTIONS[action]
+    host_text = spec.target_host(args.host, origin)
     details = [
         f"policy:  {policy.name} ({policy.path})",
         f"origin:  {origin.url}",
         f"request: {action} {args.host} {args.port}",
     ]
     try:
-        host = canonical_host(host_text)
-        port = parse_port(args.port, services=policy.service_names, allow_zero=action == "listen")
+        host, port = spec.parse_request(host_text, args.port, services=policy.service_names)
         if isinstance(port, str):
             try:
                 port = socket.getservbyname(port, "tcp")
@@ -143,7 +140,7 @@ def lint_file(path: str | Path) -> list[Problem]:
         if option not in SOCKET_OPTIONS:
             key = f"hidden_options[{i}]"
             warn(f"{option} is not a Tcl socket option", key, lines.get(key, 0))
-    for action in ("connect", "listen", "accept"):
+    for action, spec in ACTIONS.items():
         allows = [(t, r) for t, r in rules if t.action == action and t.kind == "allow"]
         disallows = [r for t, r in rules if t.action == action and t.kind == "disallow"]
         if action == "connect" and not allows:
@@ -154,7 +151,7 @@ def lint_file(path: str | Path) -> list[Problem]:
                 if (d.host.text == "*" or same) and d.low <= rule.low and rule.high <= d.high:
                     warn(f"never has effect: {d.label} covers it", text.key, text.line)
         for text, rule in (p for p in rules if p[0].action == action):
-            if action != "listen" and rule.high == 0:
+            if not spec.port_zero and rule.high == 0:
                 warn(f"port 0 never occurs in a {action} request", text.key, text.line)
             if rule.host.glob is not None and set(text.host) <= set("0123456789.*?"):
                 warn("globs match names, never addresses: use a CIDR", text.key, text.line)

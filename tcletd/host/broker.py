@@ -22,7 +22,8 @@ from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 from tcletd.policy import Decision, Origin, Policy, denied_message
-from tcletd.policy.addresses import CanonicalHost, canonical_host, parse_port
+from tcletd.policy.actions import action_spec
+from tcletd.policy.addresses import CanonicalHost, canonical_host
 from tcletd.shared import protocol as p
 from tcletd.shared.errors import RequestError
 
@@ -69,12 +70,9 @@ class Broker:
 
     # ---- words ------------------------------------------------------------------------------
 
-    async def _port(self, text: str, policy: Policy, *, allow_zero: bool = False) -> int:
-        port = parse_port(text, services=policy.service_names, allow_zero=allow_zero)
-        if isinstance(port, int):
-            return port
+    async def _service(self, name: str, text: str) -> int:
         try:
-            return await self._loop.run_in_executor(None, socket.getservbyname, port, "tcp")
+            return await self._loop.run_in_executor(None, socket.getservbyname, name, "tcp")
         except OSError:
             raise RequestError(f'expected integer but got "{text}"') from None
 
@@ -103,13 +101,15 @@ class Broker:
         policy: Policy,
         origin: Origin,
         audit: Callable[[Decision | None, str], None],
-        *,
-        allow_zero: bool = False,
     ) -> Decision:
-        """Canonicalise, resolve and decide; every outcome is audited, a denial raised."""
+        """Canonicalise, resolve and decide; every outcome is audited, a denial raised. An empty
+        host is filled in by the action's rule (the origin for a connect)."""
+        spec = action_spec(action)
+        host_text = spec.target_host(host_text, origin)
         try:
-            port = await self._port(port_text, policy, allow_zero=allow_zero)
-            host = canonical_host(host_text)
+            host, port = spec.parse_request(host_text, port_text, services=policy.service_names)
+            if isinstance(port, str):
+                port = await self._service(port, port_text)
             addresses = await self.resolve(host, port)
         except RequestError as exc:
             audit(None, exc.message)
@@ -126,15 +126,11 @@ class Broker:
         self, req: p.Connect, policy: Policy, origin: Origin, audit: Audit
     ) -> socket.socket:
         """A socket connected (or, for -async, connecting) to an address the policy checked."""
-        host_text = req.host or origin.socket_host
-        decision = await self.decide("connect", host_text, req.port, policy, origin, audit)
+        decision = await self.decide("connect", req.host, req.port, policy, origin, audit)
         local: tuple[str, int] | None = None
         if req.myaddr or req.myport:
             # Binding a client to a local address is governed by the listen rules.
-            bind_host = req.myaddr or "0.0.0.0"
-            bind = await self.decide(
-                "listen", bind_host, req.myport or "0", policy, origin, audit, allow_zero=True
-            )
+            bind = await self.decide("listen", req.myaddr, req.myport or "0", policy, origin, audit)
             local = (str(bind.usable[0]), bind.port)
         last: OSError | None = None
         for address in decision.usable:
@@ -184,9 +180,7 @@ class Broker:
         self, req: p.Listen, policy: Policy, origin: Origin, audit: Audit
     ) -> tuple[list[socket.socket], list[list[str]]]:
         """Bound, listening, non-blocking sockets and Tcl's ``-sockname`` list for them."""
-        decision = await self.decide(
-            "listen", req.myaddr or "0.0.0.0", req.port, policy, origin, audit, allow_zero=True
-        )
+        decision = await self.decide("listen", req.myaddr, req.port, policy, origin, audit)
         wildcard = not req.myaddr
         addresses: list[IPAddress] = list(decision.usable[:1])
         if wildcard:

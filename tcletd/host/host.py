@@ -28,6 +28,7 @@ from tcletd.host.tclet import Services, Tclet
 from tcletd.host.watchdog import PENALTY, PENALTY_LAUNCH, PenaltyBox, PenaltyHeld, Watchdog
 from tcletd.policy import Origin, Policy, load_policy
 from tcletd.policy.master import MasterConfig, load_master
+from tcletd.policy.quantities import worker_limits
 from tcletd.shared import protocol as p
 from tcletd.shared.states import EXIT_TERMINATED, TcletResult
 from tcletd.shared.streams import write_own
@@ -200,10 +201,7 @@ class Host:
             hidden_options=list(policy.hidden_options),
             # What the worker enforces on itself: descriptors on top of the runtime's own (its
             # socket quota), the Tcl command count, and OS backstops under the host's watchdog.
-            nofile=policy.quotas.sockets,
-            commands=policy.limits.commands,
-            memory=policy.limits.memory,
-            cpu=policy.limits.cpu,
+            **worker_limits(policy.quotas, policy.limits),
             **ceilings(policy, fixed, self._services.master, where, limits),
         )
         tclet = Tclet(

@@ -43,7 +43,7 @@ from typing import Any
 
 from tcletd.policy import Origin, Policy, known_policies, load_policy
 from tcletd.policy.master import MasterConfig
-from tcletd.policy.quantities import Quotas, format_size
+from tcletd.policy.quantities import Quotas, format_size, worker_ceilings, worker_limits
 from tcletd.shared import protocol as p
 from tcletd.shared.errors import EXIT_TEMPFAIL, RequestError, TcletdError
 
@@ -82,9 +82,9 @@ class HostFull(TcletdError):
     exit_status = EXIT_TEMPFAIL
 
 
-def sockets_message(limit: int, *, host: bool = False) -> str:
+def sockets_message(limit: float, *, host: bool = False) -> str:
     where = " on this host" if host else ""
-    return f"too many open sockets{where} (limit {limit})"
+    return f"too many open sockets{where} (limit {limit:g})"
 
 
 def workers_message(limit: int) -> str:
@@ -96,7 +96,7 @@ def bytes_message(quota: str, limit: int) -> str:
     return f"{what} quota exceeded (limit {format_size(limit)}): sockets shut down"
 
 
-def output_reason(limit: int) -> str:
+def output_reason(limit: float) -> str:
     return f"output quota {format_size(limit)}"
 
 
@@ -224,7 +224,7 @@ class TcletQuotas:
         """Meter a connected socket about to be handed over, and pace it."""
         self._meters[sock_id] = _Meter(sock)
         if self.pacing and self.quotas.send_rate:
-            self.pacing = set_pacing(sock, self.quotas.send_rate)
+            self.pacing = set_pacing(sock, int(self.quotas.send_rate))
 
     def untrack(self, sock_id: int) -> None:
         """The last read of a socket's counters, before the host closes its duplicate."""
@@ -272,7 +272,7 @@ class TcletQuotas:
 
     def add_output(self, n: int) -> int:
         """Count ``n`` bytes of output; how many of them fit in the quota."""
-        room = max(0, self.quotas.output_bytes - self.output)
+        room = max(0, int(self.quotas.output_bytes) - self.output)
         self.output += n
         return min(n, room)
 
@@ -284,16 +284,22 @@ class TcletQuotas:
 # ---- what a worker enforces on itself -------------------------------------------------------
 
 
+def grant_refusal(name: str, origin: Origin, master: MasterConfig) -> str | None:
+    """Why a tclet from ``origin`` may not be granted policy ``name`` by asking for it, or None
+    if it may: only a shipped policy, by name (never a path, whatever the master config's globs
+    say), and only where the master config allows it."""
+    if name not in known_policies():
+        return "unknown policy"
+    return None if master.allows(name, origin) else "master config"
+
+
 def granted(req: int, policy: Policy) -> p.PolicyGranted:
     """The answer to a granted ``policy NAME``: what it hides and what the worker enforces."""
     return p.PolicyGranted(
         req,
         policy.name,
         list(policy.hidden_options),
-        nofile=policy.quotas.sockets,
-        commands=policy.limits.commands,
-        memory=policy.limits.memory,
-        cpu=policy.limits.cpu,
+        **worker_limits(policy.quotas, policy.limits),
     )
 
 
@@ -308,14 +314,6 @@ def ceilings(
     grantable = [policy] + [
         load_policy(name).with_overrides(*overrides)
         for name in known_policies()
-        if name != policy.name and master.allows(name, origin)
+        if name != policy.name and grant_refusal(name, origin, master) is None
     ]
-
-    def most(values: list[float]) -> float:
-        return 0 if 0 in values else max(values)  # 0: one of them has no limit
-
-    return {
-        "nofile_max": int(most([g.quotas.sockets for g in grantable])),
-        "memory_max": int(most([g.limits.memory for g in grantable])),
-        "cpu_max": float(most([g.limits.cpu for g in grantable])),
-    }
+    return worker_ceilings([(g.quotas, g.limits) for g in grantable])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tcletd.policy.addresses import Origin
+from tcletd.policy.addresses import CanonicalHost, Origin, canonical_host, parse_port
 
 # An empty host in a request stands for the tclet's origin (the plugin's rule for connects).
 ORIGIN_HOST = "$originSocketHost"
@@ -20,34 +20,60 @@ ORIGIN_HOST = "$originSocketHost"
 
 @dataclass(frozen=True, slots=True)
 class ActionSpec:
-    """One action: its section name, what it governs, what an empty host in a request means
-    (:data:`ORIGIN_HOST` or a literal address) and whether port 0 (any free port) is a valid
-    request."""
+    """One action: its section name, what it governs, what its rules' host and port words are
+    matched against (``docs/policy.md``'s section table, checked by a test), what an empty host
+    in a request means (:data:`ORIGIN_HOST` or a literal address) and whether port 0 (any free
+    port) is a valid request."""
 
     name: str
     help: str
+    host_matched: str
+    port_matched: str
     empty_host: str
     port_zero: bool
 
     def target_host(self, host: str, origin: Origin) -> str:
         """The host a request names, with an empty one filled in as the plugin did."""
-        if host.strip():
+        if host:
             return host
         return origin.socket_host if self.empty_host == ORIGIN_HOST else self.empty_host
+
+    def parse_request(
+        self, host: str, port: str, *, services: bool
+    ) -> tuple[CanonicalHost, int | str]:
+        """A request's host canonicalised and its port: a number, or a service name still to
+        be looked up (only when ``services``). The port is checked first, as the plugin did;
+        RequestError words a bad one as the plugin did."""
+        number = parse_port(port, services=services, allow_zero=self.port_zero)
+        return canonical_host(host), number
 
 
 ACTIONS: dict[str, ActionSpec] = {
     spec.name: spec
     for spec in (
-        ActionSpec("connect", "where a tclet may connect", ORIGIN_HOST, port_zero=False),
+        ActionSpec(
+            "connect",
+            "where a tclet may connect",
+            "the requested host (its name and every resolved address)",
+            "the requested port",
+            ORIGIN_HOST,
+            port_zero=False,
+        ),
         ActionSpec(
             "listen",
             "local address (-myaddr, else 0.0.0.0) and port it may bind",
+            "the `-myaddr` address, or `0.0.0.0` when none is given",
+            "the port to bind (`0` = OS-chosen)",
             "0.0.0.0",
             port_zero=True,
         ),
         ActionSpec(
-            "accept", "peers that may connect to its server sockets", "0.0.0.0", port_zero=False
+            "accept",
+            "peers that may connect to its server sockets",
+            "the peer's address",
+            "the peer's port",
+            "0.0.0.0",
+            port_zero=False,
         ),
     )
 }

@@ -3,7 +3,7 @@
 Every host and port a tclet names passes through here before any rule sees it, so that each
 address or name has exactly one spelling by the time it is matched. The plugin matched raw
 strings and was bypassed by ``0x19`` for 25, ``2130706433`` for 127.0.0.1 or an upper-case
-domain (tclplugin-spec.md §8.2); this module is the fix. It does no I/O: names are never
+domain; this module is the fix. It does no I/O: names are never
 resolved here, and service names are returned to the caller for lookup.
 
 Origins (:class:`Origin`) are canonicalised here too, because a rule's ``$originSocketHost``
@@ -40,7 +40,8 @@ _SERVICE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}", re.ASCII)
 _V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 # Named address classes. "private" is an explicit list rather than ipaddress's is_private,
-# which changes between Python releases and leaves out 100.64/10 (ecosystem.md).
+# which changes between Python releases and leaves out 100.64/10 (on 3.11, 100.64.0.1 is
+# neither is_private nor is_global).
 NAMED_CLASSES: dict[str, tuple[str, ...]] = {
     "loopback": ("127.0.0.0/8", "::1/128"),
     "private": ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"),
@@ -57,16 +58,6 @@ class CanonicalHost:
 
     text: str
     ip: IPAddress | None
-
-    @classmethod
-    def from_ip(cls, ip: IPAddress) -> CanonicalHost:
-        """The canonical host of an address the OS gave us (an accepted peer, a bound address)."""
-        ip = normalise_address(ip)
-        return cls(str(ip), ip)
-
-    @property
-    def is_name(self) -> bool:
-        return self.ip is None
 
 
 def show(text: str, limit: int = 64) -> str:
@@ -186,7 +177,8 @@ def canonical_host(text: str) -> CanonicalHost:
 
 
 def port_error(text: str) -> RequestError:
-    """The plugin's refusal of a port spelling, word for word (tclplugin-spec.md §3.2)."""
+    """The plugin's refusal of a port spelling, word for word (its ``socket`` alias said
+    ``permission denied: non numeric port P`` for anything but plain decimal)."""
     return RequestError(f"permission denied: non numeric port {text}")
 
 

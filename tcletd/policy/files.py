@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from tcletd.policy.actions import ACTIONS
-from tcletd.policy.quantities import Limits, Quotas, coerce, parse_budget_value
+from tcletd.policy.quantities import Limits, Quotas, parse_budget_value
 from tcletd.shared.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -44,7 +44,6 @@ def error(message: str, file: str, key: str, lines: dict[str, int]) -> ConfigErr
 
 
 def _budget(table: str, raw: dict[str, Any], file: str, lines: dict[str, int]) -> Any:
-    cls: type[Quotas] | type[Limits] = Quotas if table == "quotas" else Limits
     values: dict[str, Any] = {}
     for key, value in raw.items():
         path = f"{table}.{key}"
@@ -52,7 +51,7 @@ def _budget(table: str, raw: dict[str, Any], file: str, lines: dict[str, int]) -
             values[key] = parse_budget_value(table, key, value)
         except (KeyError, ValueError) as exc:
             raise error(str(exc.args[0]), file, path, lines) from None
-    return cls(**{k: coerce(cls, k, v) for k, v in values.items()})
+    return Quotas(**values) if table == "quotas" else Limits(**values)
 
 
 # ---------------------------------------------------------------- TOML with lines

@@ -1,18 +1,25 @@
-"""Quotas and limits as values: their units (``64MiB``, ``10s``, ``1MiB/s``), their defaults,
-and the ``NAME=VALUE`` overrides of ``--limit``.
+"""Quotas and limits: the one registry where each is declared, their units (``64MiB``,
+``10s``, ``1MiB/s``), their defaults, and the ``NAME=VALUE`` overrides of ``--limit``.
 
-Shared by both sides of the host: the policy files (:mod:`tcletd.policy.files`), the host's
-quotas and watchdog, and the CLI. Pure: no I/O. Quantities are parsed strictly (a bad one raises
-ValueError saying what was expected; the caller names the file and key), and printed back in
-binary units for people.
+Host side; pure (no I/O). Each :class:`Setting` says, in one place, everything about one quota or
+limit: its name and table (``[quotas]`` or ``[limits]``), its parser, unit and smallest value, its
+``home`` default, its help text, who enforces it, and which
+:class:`~tcletd.shared.protocol.WorkerSpec` field carries it when the worker backs it up. From
+:data:`SETTINGS` come the policy file schema (:mod:`tcletd.policy.files`), the typed tables
+:class:`Quotas` and :class:`Limits`, the ``--limit`` parser and its help, the worker's own limits
+(:func:`worker_limits`), and the table in ``docs/policy.md`` (checked by a test). Adding a quota or
+limit means a Setting here and the code that enforces it.
+
+Quantities are parsed strictly (a bad one raises ValueError saying what was expected; the caller
+names the file and key), and printed back in binary units for people.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
 
 from tcletd.shared.errors import ConfigError
 
@@ -72,63 +79,216 @@ def _count(value: object) -> int:
     raise ValueError(f"expected a whole number, got {value!r}")
 
 
+def _per_second(value: object) -> float:
+    return _number(value, {"": 1}, "a number per second", "/s")
+
+
 @dataclass(frozen=True, slots=True)
-class Quotas:
+class Setting:
+    """One quota or limit. ``kind`` is the Python type of its value; ``unit`` one of
+    :data:`UNITS` (how values are written back for people); ``minimum`` the smallest
+    value a policy or override may give; ``default`` the ``home`` value every policy inherits;
+    ``doc`` its type as ``docs/policy.md`` shows it; ``help`` and ``example`` feed ``--limit``'s
+    help; ``enforcer`` says who holds the line; ``worker`` names the WorkerSpec field by which the
+    worker enforces it on itself too, and ``ceiling`` whether a hard rlimit (``<worker>_max``)
+    must leave room for a policy the tclet may still be granted."""
+
+    name: str
+    table: str
+    kind: type[int] | type[float]
+    parse: Callable[[object], float]
+    unit: str
+    minimum: float
+    default: float
+    doc: str
+    help: str
+    example: str
+    enforcer: str
+    worker: str | None = None
+    ceiling: bool = False
+
+    def value(self, number: float) -> int | float:
+        return int(number) if self.kind is int else float(number)
+
+
+SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in (
+        Setting(
+            "sockets", "quotas", int, _count, "count", 0, 8,
+            "whole number, open sockets per tclet (≥ 0)",
+            "connected plus listening sockets", "sockets=4",
+            "host (slots counted at grant and close); worker backstop: RLIMIT_NOFILE",
+            worker="nofile", ceiling=True,
+        ),
+        Setting(
+            "connects_per_second", "quotas", float, _per_second, "per second", 1e-9, 5.0,
+            "number (> 0), `/s` optional",
+            "connect requests in any one second", "connects_per_second=2",
+            "host (a sliding one-second window)",
+        ),
+        Setting(
+            "bytes_sent", "quotas", int, parse_size, "bytes", 0, 64 * 2**20,
+            "size",
+            "bytes sent, over all sockets", "bytes_sent=16MiB",
+            "host (kernel TCP_INFO counters; sockets shut down)",
+        ),
+        Setting(
+            "bytes_received", "quotas", int, parse_size, "bytes", 0, 64 * 2**20,
+            "size",
+            "bytes received, over all sockets", "bytes_received=16MiB",
+            "host (kernel TCP_INFO counters; sockets shut down)",
+        ),
+        Setting(
+            "send_rate", "quotas", int, parse_rate, "bytes/s", 0, 2**20,
+            "size per second, `/s` optional; `0` = no pacing",
+            "kernel send pacing per socket (0: none)", "send_rate=256KiB/s",
+            "kernel (SO_MAX_PACING_RATE, set by the host)",
+        ),
+        Setting(
+            "output_bytes", "quotas", int, parse_size, "bytes", 0, 2**20,
+            "size, the tclet's stdout/stderr",
+            "stdout plus stderr", "output_bytes=512KiB",
+            "host (counted as it reads; the tclet is ended)",
+        ),
+        Setting(
+            "cpu", "limits", float, parse_duration, "seconds", 1e-3, 10.0,
+            "duration (> 0)",
+            "CPU seconds", "cpu=5s",
+            "host (watchdog); worker backstop: RLIMIT_CPU",
+            worker="cpu", ceiling=True,
+        ),
+        Setting(
+            "memory", "limits", int, parse_size, "bytes", 1, 256 * 2**20,
+            "size (> 0)",
+            "resident memory", "memory=128MiB",
+            "host (watchdog); worker backstop: RLIMIT_AS",
+            worker="memory", ceiling=True,
+        ),
+        Setting(
+            "wall", "limits", float, parse_duration, "seconds", 1e-3, 60.0,
+            "duration (> 0)",
+            "wall-clock time since launch", "wall=30s",
+            "host (watchdog)",
+        ),
+        Setting(
+            "commands", "limits", int, _count, "count", 1, 50_000_000,
+            "whole number (≥ 1), Tcl commands",
+            "Tcl commands, over every interpreter of the tclet", "commands=1000000",
+            "worker (one budget for the tclet's interpreter tree; reported to the host)",
+            worker="commands",
+        ),
+    )
+}  # fmt: skip
+
+TABLES = ("quotas", "limits")
+UNITS = ("count", "per second", "bytes", "bytes/s", "seconds")
+
+
+def format_value(setting: Setting, value: float) -> str:
+    """A value as a policy file would write it most simply: ``64MiB``, ``1MiB/s``, ``10s``,
+    ``1h``, ``8``; the inverse of the Setting's parser."""
+    if setting.unit in ("bytes", "bytes/s") and value:
+        suffix = "/s" if setting.unit == "bytes/s" else ""
+        for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+            if value % factor == 0:
+                return f"{value / factor:g}{unit}{suffix}"
+        return f"{_plain(value)}{suffix}"
+    if setting.unit == "seconds":
+        return f"{value / 3600:g}h" if value % 3600 == 0 else f"{value:g}s"
+    return _plain(value)
+
+
+def _plain(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+_T = TypeVar("_T", bound="_Table")
+
+
+class _Table:
+    """An immutable set of values for one table, with every Setting of that table present.
+
+    Values are read as attributes (``quotas.sockets``); the registry, not this class, says which
+    exist, so a new Setting needs no edit here. Construct with the values in registry order, by
+    name, or not at all (the defaults)."""
+
+    __slots__ = ("_values",)
+    TABLE: ClassVar[str]
+    _values: dict[str, int | float]
+
+    def __init__(self, *args: float, **kwargs: float) -> None:
+        names = names_of(self.TABLE)
+        if len(args) > len(names):
+            raise TypeError(f"{type(self).__name__}: at most {len(names)} values")
+        given = dict(zip(names, args, strict=False))
+        for key, number in kwargs.items():
+            if key not in names or key in given:
+                raise TypeError(f"{type(self).__name__}: unexpected or repeated {key!r}")
+            given[key] = number
+        values = {n: SETTINGS[n].value(given.get(n, SETTINGS[n].default)) for n in names}
+        object.__setattr__(self, "_values", values)
+
+    def __getattr__(self, name: str) -> float:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__} has no {name!r}") from None
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, _Table)
+            and type(other) is type(self)
+            and other._values == self._values
+        )
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._values.items()))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self._values.items())
+        return f"{type(self).__name__}({inner})"
+
+    def replace(self: _T, **changes: float) -> _T:
+        """A copy with ``changes`` applied (same type)."""
+        return type(self)(**{**self._values, **changes})
+
+    def items(self) -> list[tuple[str, int | float]]:
+        return list(self._values.items())
+
+
+class Quotas(_Table):
     """Per-tclet network quotas, enforced by the host (sizes in bytes, rates per second)."""
 
-    sockets: int = 8
-    connects_per_second: float = 5.0
-    bytes_sent: int = 64 * 2**20
-    bytes_received: int = 64 * 2**20
-    send_rate: int = 2**20
-    output_bytes: int = 2**20
+    __slots__ = ()
+    TABLE = "quotas"
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
+class Limits(_Table):
     """Per-tclet resource limits, enforced by the host (seconds, bytes, Tcl commands)."""
 
-    cpu: float = 10.0
-    memory: int = 256 * 2**20
-    wall: float = 60.0
-    commands: int = 50_000_000
+    __slots__ = ()
+    TABLE = "limits"
 
 
-# key -> (parser, smallest allowed value); the dataclass defaults above are the home values.
-_PARSERS: dict[str, dict[str, tuple[Callable[[object], float], float]]] = {
-    "quotas": {
-        "sockets": (_count, 0),
-        "connects_per_second": (lambda v: _number(v, {"": 1}, "a number per second", "/s"), 1e-9),
-        "bytes_sent": (parse_size, 0),
-        "bytes_received": (parse_size, 0),
-        "send_rate": (parse_rate, 0),  # 0: no pacing
-        "output_bytes": (parse_size, 0),
-    },
-    "limits": {
-        "cpu": (parse_duration, 1e-3),
-        "memory": (parse_size, 1),
-        "wall": (parse_duration, 1e-3),
-        "commands": (_count, 1),
-    },
-}
+def names_of(table: str) -> tuple[str, ...]:
+    """The Setting names of one table, in registry order."""
+    return tuple(n for n, s in SETTINGS.items() if s.table == table)
 
 
 def parse_budget_value(table: str, key: str, value: object) -> float:
-    """Parse one ``[quotas]``/``[limits]`` value; ValueError says what was expected."""
-    parsers = _PARSERS[table]
-    if key not in parsers:
-        raise KeyError(f"unknown key; expected one of: {', '.join(parsers)}")
-    parse, least = parsers[key]
-    number = parse(value)
-    if number < least:
-        raise ValueError(f"must be at least {least:g}, got {value!r}")
+    """Parse one ``[quotas]``/``[limits]`` value; ValueError says what was expected, KeyError
+    that the key is unknown."""
+    setting = SETTINGS.get(key)
+    if setting is None or setting.table != table:
+        raise KeyError(f"unknown key; expected one of: {', '.join(names_of(table))}")
+    number = setting.parse(value)
+    if number < setting.minimum:
+        raise ValueError(f"must be at least {setting.minimum:g}, got {value!r}")
     return number
-
-
-def coerce(cls: type[Quotas] | type[Limits], key: str, number: float) -> Any:
-    # Annotations are strings here (postponed evaluation), hence the comparison with "int".
-    kind = next(f.type for f in fields(cls) if f.name == key)
-    return int(number) if kind == "int" else float(number)
 
 
 def parse_limit_override(
@@ -144,15 +304,42 @@ def parse_limit_override(
     name, sep, value = text.partition("=")
     name = name.strip()
     table, _, key = name.rpartition(".")
-    if not table:
-        table = "quotas" if key in _PARSERS["quotas"] else "limits"
-    if not sep or table not in _PARSERS or key not in _PARSERS[table]:
-        known = ", ".join([*_PARSERS["quotas"], *_PARSERS["limits"]])
+    setting = SETTINGS.get(key)
+    if not table and setting is not None:
+        table = setting.table
+    if not sep or setting is None or table != setting.table:
+        known = ", ".join(SETTINGS)
         raise ConfigError(f"expected NAME=VALUE with NAME one of: {known}", key=name or text)
     try:
         number = parse_budget_value(table, key, value.strip())
     except ValueError as exc:
         raise ConfigError(str(exc), key=f"{table}.{key}") from None
     if table == "quotas":
-        return replace(quotas, **{key: coerce(Quotas, key, number)}), limits
-    return quotas, replace(limits, **{key: coerce(Limits, key, number)})
+        return quotas.replace(**{key: number}), limits
+    return quotas, limits.replace(**{key: number})
+
+
+def limit_help() -> str:
+    """``--limit``'s help: every Setting's example, from the registry."""
+    examples = ", ".join(s.example for s in SETTINGS.values())
+    return f"override a quota or limit of the policy: {examples} (repeatable)"
+
+
+def worker_limits(quotas: Quotas, limits: Limits) -> dict[str, Any]:
+    """What the worker enforces on itself, as WorkerSpec / PolicyGranted fields (0 = none)."""
+    values = {**dict(quotas.items()), **dict(limits.items())}
+    return {s.worker: values[s.name] for s in SETTINGS.values() if s.worker}
+
+
+def worker_ceilings(grantable: list[tuple[Quotas, Limits]]) -> dict[str, Any]:
+    """A new worker's hard rlimits (WorkerSpec's ``<field>_max``): the most of every policy its
+    tclet may still be granted, so that its limits can follow a grant (0: one has no limit)."""
+    out: dict[str, Any] = {}
+    for s in SETTINGS.values():
+        if s.worker and s.ceiling:
+            values = [
+                float(getattr(q if s.table == "quotas" else lim, s.name)) for q, lim in grantable
+            ]
+            most = 0.0 if 0 in values else max(values)
+            out[f"{s.worker}_max"] = s.value(most)
+    return out

@@ -14,6 +14,7 @@ EXIT_UNAVAILABLE = 69
 EXIT_SOFTWARE = 70
 EXIT_TEMPFAIL = 75
 EXIT_CONFIG = 78
+EXIT_INTERRUPTED = 130  # the CLI itself got SIGINT (KeyboardInterrupt), as shells report it
 
 
 class TcletdError(Exception):
@@ -66,7 +67,3 @@ class ProtocolViolation(TcletdError):
 
 class ScriptNotFound(TcletdError):
     exit_status = EXIT_NO_INPUT
-
-
-class TclUnavailable(TcletdError):
-    exit_status = EXIT_UNAVAILABLE

@@ -260,10 +260,6 @@ class ChannelFactory:
             return f"native Tcl socket channels via {self._api.path}"
         return f"reflected channels (chan create) over the descriptor: {self.reason}"
 
-    def server_ids(self) -> list[int]:
-        """Socket ids of the server channels still open."""
-        return [srv.sock_id for srv in self._servers.values()]
-
     # ---- connected sockets -----------------------------------------------------------------------
 
     def make(self, fd: int, sock_id: int) -> str:

@@ -4,12 +4,15 @@ SOCK_SEQPACKET socketpair on which the host hands over socket descriptors, each 
 
 Worker side of the trust boundary: this code is ours but shares a process with the untrusted
 tclet, so it holds nothing the tclet could use against the host (no host state, no other
-tclet's anything). It implements the runtime's :class:`~tcletd.worker.tclrt.Broker` with
+tclet's anything). It implements the runtime's :class:`~tcletd.worker.tclrt.HostLink` with
 synchronous requests, the way Tcl's own ``socket`` blocks: the Tcl event loop does not run while
 a request is in flight, and events that arrive meanwhile are queued and dispatched from the loop.
 
-zmq.FD is edge-triggered (perf-baseline.md pitfalls 1-2): every wake-up drains until
-``zmq.Again``, and every send is followed by a check of ``EVENTS`` that schedules a drain.
+zmq.FD is edge-triggered, and any libzmq call can swallow the edge (measured under Tcl's
+notifier: a handler reading one message per wake-up left messages stuck; a send, or merely
+reading ``EVENTS``, between an arrival and the next loop turn lost the wake-up): so every wake-up
+drains until ``zmq.Again``, and every send is followed by a check of ``EVENTS`` that schedules a
+drain.
 
 Under the sandbox's ``RLIMIT_NOFILE`` a descriptor the host hands over may not fit: the kernel
 then drops it (``MSG_CTRUNC``) and the message arrives alone. The link answers the tclet's
@@ -204,7 +207,7 @@ class Link:
         self._dealer.close(linger=500)
         self._ctx.term()
 
-    # ---- the runtime's Broker --------------------------------------------------------------
+    # ---- the runtime's HostLink ------------------------------------------------------------
 
     @staticmethod
     def _check_words(*words: str) -> None:

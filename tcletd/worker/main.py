@@ -21,6 +21,7 @@ import msgspec
 import zmq  # noqa: F401  (preloaded in the fork server)
 
 from tcletd.shared import protocol as p
+from tcletd.shared.errors import EXIT_SOFTWARE
 from tcletd.worker import sandbox
 from tcletd.worker.link import EXIT_HOST_GONE, Link
 from tcletd.worker.tclrt import TclRuntime
@@ -77,7 +78,7 @@ def run(spec_bytes: bytes, fdsock: socket.socket, out: socket.socket, err: socke
         spec = p.SPEC_DECODER.decode(spec_bytes)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         os.write(2, f"tcletd worker: bad start arguments: {exc}\n".encode())
-        os._exit(70)
+        os._exit(EXIT_SOFTWARE)
     if spec.demoted:
         # Before the link and Tcl start their threads, so that every thread inherits the class.
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))

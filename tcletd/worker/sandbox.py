@@ -2,8 +2,9 @@
 
 Worker side of the trust boundary. :func:`apply` runs in the worker once its Tcl interpreter,
 Tcl's notifier thread and its ZeroMQ context (with libzmq's threads) exist, and before the
-tclet's script runs: libzmq *aborts* when it creates a thread under a small ``RLIMIT_AS``
-(ecosystem.md, "RLIMIT_AS vs libzmq"), and no thread may be created once ``RLIMIT_NPROC`` is 0.
+tclet's script runs: libzmq *aborts* (an assertion, not an error) when it creates a thread under a
+small ``RLIMIT_AS`` (measured: 32 MiB aborts, 64 MiB and up work), and no thread may be created
+once ``RLIMIT_NPROC`` is 0.
 Hard limits are the most that any policy this tclet may still be granted allows (``policy NAME``;
 :func:`ceiling`), soft limits its current policy's; a grant moves the soft limits (:func:`follow`).
 Under a fixed policy soft = hard (except CPU), so nothing in the process can raise them.

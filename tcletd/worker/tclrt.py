@@ -1,15 +1,15 @@
 """The worker's Tcl runtime: a Safe Base interpreter running the tclet, with host-mediated sockets.
 
 :class:`TclRuntime` owns the master interpreter (``tkinter.Tcl()``, no display) and the tclet's
-Safe Base interpreter. The link (:mod:`tcletd.worker.link`) gives it a :class:`Broker` to ask the
+Safe Base interpreter. The link (:mod:`tcletd.worker.link`) gives it a :class:`HostLink` to ask the
 host for sockets and policies, registers its own file handlers on :attr:`TclRuntime.tk`, and calls
 :meth:`TclRuntime.accepted` / :meth:`TclRuntime.quota_exceeded` / :meth:`TclRuntime.stop` when
 the host says so.
 
 Limits and liveness (see :mod:`tcletd.worker.limits`): while the tclet runs, a master ``after``
-timer sends ``Broker.heartbeat`` every :data:`tcletd.shared.states.HEARTBEAT_INTERVAL` seconds (only
-when the tclet is back in the event loop); with ``spec.commands`` > 0 the tclet's interpreters
-share that command budget, and reaching it calls ``Broker.limit_hit`` and ends the tclet with
+timer sends ``HostLink.heartbeat`` every :data:`tcletd.shared.states.HEARTBEAT_INTERVAL` seconds
+(only when the tclet is back in the event loop); with ``spec.commands`` > 0 the tclet's interpreters
+share that command budget, and reaching it calls ``HostLink.limit_hit`` and ends the tclet with
 :data:`tcletd.shared.states.EXIT_KILLED`. A ``Stop`` is seen only from the event loop too: a tclet
 blocked in I/O or computing cannot see it (the host then escalates to SIGTERM and SIGKILL).
 
@@ -29,14 +29,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from tcletd.shared.errors import RequestError
+from tcletd.shared.errors import EXIT_SOFTWARE, RequestError
 from tcletd.shared.protocol import PolicyGranted, WorkerSpec
 from tcletd.shared.states import EXIT_KILLED, HEARTBEAT_INTERVAL, TcletState
 from tcletd.worker.aliases import MASTER_TCL, TclCommandError, parse_socket_args
 from tcletd.worker.channels import ChannelFactory
 from tcletd.worker.limits import LIMITS_TCL, enforced_budget
 
-__all__ = ["SLAVE", "Broker", "TclRuntime"]
+__all__ = ["SLAVE", "HostLink", "TclRuntime"]
 
 SLAVE = "tclet"
 """The tclet's interpreter path in the master."""
@@ -44,7 +44,7 @@ SLAVE = "tclet"
 _DONT_WAIT = 2  # TCL_DONT_WAIT (tkinter.DONT_WAIT)
 
 
-class Broker(Protocol):
+class HostLink(Protocol):
     """The host, as the runtime sees it; implemented by the link, called synchronously."""
 
     def connect(
@@ -92,9 +92,9 @@ class TclRuntime:
     ``native_channels=False`` forces the reflected-channel fallback (tests, ``doctor``).
     """
 
-    def __init__(self, spec: WorkerSpec, broker: Broker, *, native_channels: bool = True) -> None:
+    def __init__(self, spec: WorkerSpec, link: HostLink, *, native_channels: bool = True) -> None:
         self.spec = spec
-        self.broker = broker
+        self.link = link
         self.tk: tkinter.Tk = tkinter.Tcl()
         self.slave = SLAVE
         self.status: int | None = None
@@ -179,7 +179,7 @@ class TclRuntime:
         The tclet ends on ``exit``, on an uncaught error (status 1, errorInfo on stderr), on
         :meth:`stop`, or once its script returned and nothing is left for the event loop (no
         ``after`` event, no fileevent handler, no server socket, in it or its children). A failure
-        of the broker other than a refused request is re-raised here after the tclet ended.
+        of the link other than a refused request is re-raised here after the tclet ended.
         """
         if self._running:
             raise RuntimeError("TclRuntime.run() is not re-entrant")
@@ -290,14 +290,14 @@ class TclRuntime:
 
     def _notify_close(self, sock_id: int) -> None:
         try:
-            self.broker.close(sock_id)
+            self.link.close(sock_id)
         except Exception as exc:  # the link is gone: end the tclet, report from run()
             self._fail(exc)
 
     def _fail(self, exc: BaseException) -> None:
         if self._failure is None:
             self._failure = exc
-        self._terminate(70)
+        self._terminate(EXIT_SOFTWARE)
 
     # ---- Python commands behind the aliases (answer {ok value} / {error message errorcode}) -----
 
@@ -308,9 +308,9 @@ class TclRuntime:
             return ("error", exc.message, exc.errorcode)
         try:
             if parsed.server:
-                sock_id, sockname = self.broker.listen(parsed.port, parsed.myaddr)
+                sock_id, sockname = self.link.listen(parsed.port, parsed.myaddr)
             else:
-                sock_id, fd = self.broker.connect(
+                sock_id, fd = self.link.connect(
                     parsed.host, parsed.port, parsed.myaddr, parsed.myport, parsed.asynchronous
                 )
         except RequestError as exc:
@@ -360,7 +360,7 @@ class TclRuntime:
                 return ("ok", name)
             return ("error", f'security policy "{self.policy}" already loaded', ("NONE",))
         try:
-            grant = self.broker.request_policy(name)
+            grant = self.link.request_policy(name)
         except RequestError as exc:
             return ("error", exc.message, tuple(exc.errorcode))
         except Exception as exc:
@@ -393,7 +393,7 @@ class TclRuntime:
         if self.status is None:
             try:
                 # Tcl's counts wrap past 2**31; the wire takes only counts >= 0.
-                self.broker.heartbeat(self._state, max(0, int(commands)))
+                self.link.heartbeat(self._state, max(0, int(commands)))
             except Exception as exc:
                 self._fail(exc)
         return ""
@@ -404,7 +404,7 @@ class TclRuntime:
         for ``exit``)."""
         if self.status is None:
             try:
-                self.broker.limit_hit("commands", f"commands limit {self.commands}")
+                self.link.limit_hit("commands", f"commands limit {self.commands}")
             except Exception as exc:
                 self._fail(exc)
             self._terminate(EXIT_KILLED)
