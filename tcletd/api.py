@@ -7,6 +7,9 @@ that makes their sockets, and the audit log. Use it as an async context manager:
     async with Host(audit="audit.jsonl") as host:
         result = await host.run_tclet("puts hello", script_name="hello.tcl")
 
+``launch`` starts a tclet and returns it at once; both take the script and the rest of a
+:class:`LaunchRequest`'s fields as keywords, and ``launch_request`` takes a request whole.
+
 Each tclet runs under its policy's quotas and limits (``--limit`` style overrides per launch);
 the host as a whole holds at most ``max_workers`` tclets and ``max_sockets`` sockets. A watchdog
 task in the host's loop measures every tclet and ends it at a limit (:mod:`tcletd.host.watchdog`).
@@ -18,6 +21,15 @@ from tcletd.host.host import DEFAULT_POLICY, Host
 from tcletd.host.quotas import HostFull
 from tcletd.host.tclet import Tclet
 from tcletd.host.watchdog import PenaltyHeld
+from tcletd.shared.launch import LaunchRequest
 from tcletd.shared.states import TcletResult
 
-__all__ = ["DEFAULT_POLICY", "Host", "HostFull", "PenaltyHeld", "Tclet", "TcletResult"]
+__all__ = [
+    "DEFAULT_POLICY",
+    "Host",
+    "HostFull",
+    "LaunchRequest",
+    "PenaltyHeld",
+    "Tclet",
+    "TcletResult",
+]

@@ -4,7 +4,8 @@ Operator side, outside the host: this is the CLI talking to a resident host (``t
 whose end is :mod:`tcletd.host.control`) over the control wire (:mod:`tcletd.shared.control`).
 It imports only the standard library's socket layer, so a run through a resident host costs a
 Python start, not the host's imports (asyncio, pyzmq and msgspec take ~250 ms on these
-machines).
+machines). For that reason its run request is a plain dict of the launch request's fields
+(:data:`~tcletd.shared.control.RUN_FIELDS`), not a :class:`~tcletd.shared.launch.LaunchRequest`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,14 @@ import signal
 import socket
 import sys
 
-from tcletd.shared.control import MAX_OUTPUT_CHUNK, MAX_SCRIPT, FrameReader, encode
-from tcletd.shared.errors import EXIT_UNAVAILABLE, ScriptNotFound, TcletdError
+from tcletd.shared.control import MAX_OUTPUT_CHUNK, MAX_SCRIPT, FrameReader, encode, run_header
+from tcletd.shared.errors import (
+    EXIT_OK,
+    EXIT_SOFTWARE,
+    EXIT_UNAVAILABLE,
+    ScriptNotFound,
+    TcletdError,
+)
 from tcletd.shared.streams import write_own
 
 ENV_HOST = "TCLETD_HOST"
@@ -112,9 +119,18 @@ def run(args: Any, host: str | Path) -> int:
     data = script.encode()
     if len(data) > MAX_SCRIPT:
         raise ScriptNotFound(f"{script_name}: larger than {MAX_SCRIPT} bytes")
+    request = launch_fields(args, script, script_name)
+    with connect(host) as sock:
+        sock.sendall(encode(run_header(request), data))
+        return _follow(sock)
+
+
+def launch_fields(args: Any, script: str, script_name: str) -> dict[str, Any]:
+    """The launch request ``tcletd run``'s arguments ask for, as LaunchRequest's fields (a plain
+    dict: the embedded run converts it, a client sends it)."""
     origin = args.origin if args.origin is not None else default_origin(script_name)
-    request = {
-        "op": "run",
+    return {
+        "script": script,
         "script_name": script_name,
         "policy": args.policy,
         "origin": origin,
@@ -122,9 +138,6 @@ def run(args: Any, host: str | Path) -> int:
         "embed_args": embed_args(args.arg),
         "limits": list(args.limit),
     }
-    with connect(host) as sock:
-        sock.sendall(encode(request, data))
-        return _follow(sock)
 
 
 def embed_args(pairs: list[str]) -> dict[str, str]:
@@ -182,10 +195,10 @@ def _take(header: dict[str, Any], payload: bytes, sock: socket.socket) -> int | 
     elif event == "exit":
         if header.get("by_host"):
             print(f"tcletd: tclet ended: {header.get('reason')}", file=sys.stderr, flush=True)
-        return int(header.get("status", 70))
+        return int(header.get("status", EXIT_SOFTWARE))
     elif event == "error":
         print(f"tcletd: {header.get('message')}", file=sys.stderr, flush=True)
-        return int(header.get("status", 70))
+        return int(header.get("status", EXIT_SOFTWARE))
     return None
 
 
@@ -195,10 +208,10 @@ def status(host: str | Path) -> int:
         sock.sendall(encode({"op": "status"}))
         for header, _ in _frames(sock, FrameReader(0)):
             if header.get("event") == "error":
-                return _take(header, b"", sock) or 70
+                return _take(header, b"", sock) or EXIT_SOFTWARE
             tclets = header.get("tclets", [])
             for entry in tclets:
                 print(status_line(entry).removeprefix("tcletd: "))
             print(f"{len(tclets)} tclet(s) running on {host}", file=sys.stderr)
-            return 0
+            return EXIT_OK
     raise HostUnreachable("the tcletd host closed the connection")

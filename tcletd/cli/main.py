@@ -1,6 +1,10 @@
 """The ``tcletd`` command line: a thin client of :mod:`tcletd.api` and the policy engine.
 
 Host side. Only this module configures logging or prints for the user; library code raises.
+Each command is declared once, in :data:`COMMANDS`: its name, its help, the set-up of its
+arguments and its handler; :func:`main` parses and dispatches. Handlers import what they need
+when they run, so that ``tcletd run --host`` imports neither asyncio, pyzmq, msgspec, the
+policy engine nor the host (:mod:`tcletd.cli.client`).
 """
 
 from __future__ import annotations
@@ -8,13 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tcletd import __version__
 from tcletd.cli.client import ENV_HOST
 from tcletd.cli.client import default_socket as client_default_socket
-from tcletd.policy.quantities import parse_duration
-from tcletd.shared.errors import EXIT_USAGE, TcletdError
+from tcletd.shared.errors import EXIT_INTERRUPTED, TcletdError
 
 RUN_EPILOG = """\
 exit status:
@@ -46,8 +49,36 @@ exit status (lint): 0 clean, 1 problems found, 2 the file cannot be read or pars
 """
 
 
+Handler = Callable[[argparse.Namespace], int]
+SetUp = Callable[[argparse.ArgumentParser], None]
+
+
+class Command:
+    """One command (or action of one): its name and one line of help for the list of commands,
+    the set-up of its parser, and its handler, or else the actions it is a group of."""
+
+    def __init__(
+        self,
+        name: str,
+        help: str,
+        handle: Handler | None = None,
+        *,
+        arguments: SetUp | None = None,
+        epilog: str | None = None,
+        actions: tuple[Command, ...] = (),
+    ) -> None:
+        self.name = name
+        self.help = help
+        self.handle = handle
+        self.arguments = arguments
+        self.epilog = epilog
+        self.actions = actions
+
+
 def _seconds(text: str) -> float:
     """A duration of 0 or more (``60s``, ``2m``, ``0``) for an option."""
+    from tcletd.policy.quantities import parse_duration  # only when the option is given
+
     try:
         seconds = parse_duration(text)
     except ValueError as exc:
@@ -57,20 +88,10 @@ def _seconds(text: str) -> float:
     return seconds
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tcletd",
-        description="Run untrusted Tcl scripts (tclets) in isolated worker processes.",
-    )
-    parser.add_argument("--version", action="version", version=f"tcletd {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+# ---- run --------------------------------------------------------------------------------------
 
-    run = sub.add_parser(
-        "run",
-        help="run one tclet on an embedded host",
-        epilog=RUN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+def _run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--policy", default=None, help="policy name or TOML file (default: home)")
     run.add_argument("--origin", default=None, help="the tclet's origin URL (default: file URL)")
     run.add_argument(
@@ -100,33 +121,48 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("script", help="the tclet's script, or - for standard input")
     run.add_argument("args", nargs="*", help="the tclet's argv (after --)")
 
-    policy = sub.add_parser("policy", help="check or lint policies")
-    psub = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
-    check = psub.add_parser(
-        "check",
-        help="decide one request as the host would",
-        epilog=POLICY_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+def _run(args: argparse.Namespace) -> int:
+    if args.host:
+        from tcletd.cli import client
+
+        return client.run(args, args.host)
+    from tcletd.cli import runner
+
+    return runner.run(args)
+
+
+# ---- policy check, policy lint ----------------------------------------------------------------
+
+
+def _check_arguments(check: argparse.ArgumentParser) -> None:
     check.add_argument("--policy", default="home", help="policy name or TOML file")
     check.add_argument("--origin", default=None, help="the tclet's origin URL")
     check.add_argument("--action", default="connect", choices=["connect", "listen", "accept"])
     check.add_argument("host")
     check.add_argument("port")
-    lint = psub.add_parser(
-        "lint",
-        help="validate a policy file",
-        epilog=POLICY_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+
+def _check(args: argparse.Namespace) -> int:
+    from tcletd.cli import policytool
+
+    return policytool.check(args)
+
+
+def _lint_arguments(lint: argparse.ArgumentParser) -> None:
     lint.add_argument("file")
 
-    serve = sub.add_parser(
-        "serve",
-        help="run a resident host that clients run tclets on (tcletd run --host)",
-        epilog=SERVE_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+def _lint(args: argparse.Namespace) -> int:
+    from tcletd.cli import policytool
+
+    return policytool.lint(args)
+
+
+# ---- serve, status ----------------------------------------------------------------------------
+
+
+def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--socket",
         default=None,
@@ -145,48 +181,126 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a site whose tclet was ended at a limit stays in the penalty box, where "
         "its tclets start demoted and at most one a second (60s; 0: no box)",
     )
-    status = sub.add_parser("status", help="list the tclets running on a resident host")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from tcletd.cli import runner
+
+    if args.socket is None:
+        args.socket = client_default_socket()
+    return runner.serve(args)
+
+
+def _status_arguments(status: argparse.ArgumentParser) -> None:
     status.add_argument("--host", default=None, metavar="SOCKET", help="its control socket")
 
-    sub.add_parser("version", help="print tcletd, Python, pyzmq and Tcl versions")
-    sub.add_parser("doctor", help="check that this machine can run tclets")
+
+def _status(args: argparse.Namespace) -> int:
+    from tcletd.cli import client
+
+    return client.status(args.host or client_default_socket())
+
+
+# ---- version, doctor --------------------------------------------------------------------------
+
+
+def _version(args: argparse.Namespace) -> int:
+    from tcletd.cli import runner
+
+    return runner.doctor(verbose=False)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from tcletd.cli import runner
+
+    return runner.doctor(verbose=True)
+
+
+COMMANDS = (
+    Command(
+        "run",
+        "run one tclet on an embedded host",
+        _run,
+        arguments=_run_arguments,
+        epilog=RUN_EPILOG,
+    ),
+    Command(
+        "policy",
+        "check or lint policies",
+        actions=(
+            Command(
+                "check",
+                "decide one request as the host would",
+                _check,
+                arguments=_check_arguments,
+                epilog=POLICY_EPILOG,
+            ),
+            Command(
+                "lint",
+                "validate a policy file",
+                _lint,
+                arguments=_lint_arguments,
+                epilog=POLICY_EPILOG,
+            ),
+        ),
+    ),
+    Command(
+        "serve",
+        "run a resident host that clients run tclets on (tcletd run --host)",
+        _serve,
+        arguments=_serve_arguments,
+        epilog=SERVE_EPILOG,
+    ),
+    Command(
+        "status", "list the tclets running on a resident host", _status, arguments=_status_arguments
+    ),
+    Command("version", "print tcletd, Python, pyzmq and Tcl versions", _version),
+    Command("doctor", "check that this machine can run tclets", _doctor),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tcletd",
+        description="Run untrusted Tcl scripts (tclets) in isolated worker processes.",
+    )
+    parser.add_argument("--version", action="version", version=f"tcletd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_commands(sub, COMMANDS)
     return parser
+
+
+def _add_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], commands: Sequence[Command]
+) -> None:
+    for command in commands:
+        if command.epilog is None:
+            parser = sub.add_parser(command.name, help=command.help)
+        else:  # an epilog is laid out by hand: tables and examples
+            parser = sub.add_parser(
+                command.name,
+                help=command.help,
+                epilog=command.epilog,
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+            )
+        if command.arguments is not None:
+            command.arguments(parser)
+        if command.actions:
+            actions = parser.add_subparsers(
+                dest=f"{command.name}_command", required=True, metavar="ACTION"
+            )
+            _add_commands(actions, command.actions)
+        else:
+            parser.set_defaults(handle=command.handle)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    handle: Handler = args.handle
     try:
-        if args.command == "policy":
-            from tcletd.cli import policytool
-
-            if args.policy_command == "check":
-                return policytool.check(args)
-            return policytool.lint(args)
-        if args.command == "run" and args.host:
-            from tcletd.cli import client
-
-            return client.run(args, args.host)
-        if args.command == "run":
-            from tcletd.cli import runner
-
-            return runner.run(args)
-        if args.command == "status":
-            from tcletd.cli import client
-
-            return client.status(args.host or client_default_socket())
-        if args.command == "serve":
-            from tcletd.cli import runner
-
-            if args.socket is None:
-                args.socket = client_default_socket()
-            return runner.serve(args)
-        if args.command in ("version", "doctor"):
-            from tcletd.cli import runner
-
-            return runner.doctor(verbose=args.command == "doctor")
+        return handle(args)
     except TcletdError as exc:
         print(f"tcletd: {exc}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
-        return 130
-    return EXIT_USAGE
+        return EXIT_INTERRUPTED

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tcletd import __version__
-from tcletd.cli.client import default_origin, embed_args, read_script, status_line
-from tcletd.shared.errors import EXIT_CONFIG, TcletdError
+from tcletd.cli.client import launch_fields, read_script, status_line
+from tcletd.shared.errors import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, TcletdError
 from tcletd.shared.states import signal_ending
 
 if TYPE_CHECKING:
@@ -58,21 +58,13 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     from tcletd.api import Host
+    from tcletd.shared.launch import LaunchRequest
 
-    origin = args.origin if args.origin is not None else default_origin(script_name)
-    embed = embed_args(args.arg)
+    request = LaunchRequest(**launch_fields(args, script, script_name))
 
     async def main() -> int:
         async with Host(audit=args.audit) as host:
-            tclet = host.launch(
-                script,
-                script_name=script_name,
-                policy=args.policy,
-                origin=origin,
-                argv=args.args,
-                embed_args=embed,
-                limits=args.limit,
-            )
+            tclet = host.launch_request(request)
             loop = asyncio.get_running_loop()
             signals: asyncio.Queue[int] = asyncio.Queue()
 
@@ -131,7 +123,7 @@ def serve(args: argparse.Namespace) -> int:
             name = signal.Signals(signum).name
             print(f"tcletd: {name}: ending {len(host.status())} tclet(s)", file=sys.stderr)
         await control.drain()
-        return 0
+        return EXIT_OK
 
     return asyncio.run(main())
 
@@ -152,7 +144,7 @@ def doctor(*, verbose: bool) -> int:
         print(f"Tcl {tcl.eval('info patchlevel')}")
     except Exception as exc:
         print(f"Tcl unavailable: {exc}")
-        return 69
+        return EXIT_UNAVAILABLE
     if verbose:
         from tcletd.worker.channels import probe
 
@@ -167,7 +159,7 @@ def doctor(*, verbose: bool) -> int:
         # A sample sandbox applied in a forked child, with what the kernel then reports.
         for line in sandbox.selftest():
             print(f"sandbox: {line}")
-    return 0
+    return EXIT_OK
 
 
 def _pacing_support() -> str:

@@ -4,7 +4,8 @@ Host side of the trust boundary, facing the operator's clients (:mod:`tcletd.cli
 other end; :mod:`tcletd.shared.control` defines the frames). A client is trusted as the operator
 only once the kernel says it runs as the host's own user or root (``SO_PEERCRED``); the socket
 itself lives in a 0700 directory. Every frame is still checked: a malformed one gets an error
-naming the field and the connection is closed, and nothing is launched.
+naming the field and the connection is closed, and nothing is launched. This module frames and
+dispatches; what each ``op`` does is its operation's, in the registry of :mod:`tcletd.host.ops`.
 
 One connection runs at most one tclet, and the tclet lives as long as the connection: a client
 that goes away takes its tclet with it (``client went away``), the way a page closed in a
@@ -19,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import struct
 from collections.abc import Callable
@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from tcletd.host.host import Host
+from tcletd.host.ops import OPERATIONS, NotAnOperation, unknown_op
 from tcletd.host.tclet import Tclet
 from tcletd.shared.control import MAX_SCRIPT, FrameError, FrameReader, encode
 from tcletd.shared.errors import EXIT_SOFTWARE, EXIT_USAGE, TcletdError
-from tcletd.shared.states import EXIT_TERMINATED, signal_ending
+from tcletd.shared.states import EXIT_TERMINATED
 
 log = logging.getLogger(__name__)
 
@@ -39,27 +40,6 @@ HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 # Seconds a refused client's link stays half-closed before the host closes it.
 FAILED_LINGER = 5.0
-# Signals a client may pass on; SIGUSR1 asks for a status frame, the others end the tclet.
-ENDING = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-
-
-class RequestInvalid(TcletdError):
-    """A control request with a missing or ill-typed field."""
-
-    exit_status = EXIT_USAGE
-
-
-def _field(header: dict[str, Any], key: str, kind: type, default: Any) -> Any:
-    value = header.get(key, default)
-    if value is default:
-        return value
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise RequestInvalid(f"run request: {key}: expected {kind.__name__}")
-    if isinstance(value, list) and not all(isinstance(v, str) for v in value):
-        raise RequestInvalid(f"run request: {key}: expected a list of strings")
-    if isinstance(value, dict) and not all(isinstance(v, str) for v in value.values()):
-        raise RequestInvalid(f"run request: {key}: expected string values")
-    return value
 
 
 def peer_credentials(sock: socket.socket) -> dict[str, int]:
@@ -70,17 +50,18 @@ def peer_credentials(sock: socket.socket) -> dict[str, int]:
 
 
 class ControlConnection(asyncio.Protocol):
-    """One client: at most one run, status answers, signals passed on to its tclet."""
+    """One client: at most one run, status answers, signals passed on to its tclet (the
+    :class:`~tcletd.host.ops.Session` its operations act on)."""
 
     def __init__(self, host: Host, done: Callable[[ControlConnection], None]) -> None:
-        self._host = host
+        self.host = host
         self._done = done
         self._reader = FrameReader(MAX_SCRIPT)
         self._transport: asyncio.Transport | None = None
         self.tclet: Tclet | None = None
         self.follow: asyncio.Task[None] | None = None
         self._failed = False
-        self._client: dict[str, int] = {}
+        self.client: dict[str, int] = {}
 
     # ---- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -88,8 +69,8 @@ class ControlConnection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
-        self._client = peer_credentials(transport.get_extra_info("socket"))
-        uid = self._client["uid"]
+        self.client = peer_credentials(transport.get_extra_info("socket"))
+        uid = self.client["uid"]
         if uid not in (os.getuid(), 0):
             self._fail(f"permission denied: uid {uid} is not this host's user", EXIT_USAGE)
 
@@ -115,52 +96,26 @@ class ControlConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.tclet is not None and self.follow is not None and not self.follow.done():
-            self._spawn_end("client went away", EXIT_TERMINATED)
+            self.end("client went away", EXIT_TERMINATED)
         self._transport = None
         self._done(self)
 
     # ---- requests -----------------------------------------------------------------------------
 
     def _take(self, header: dict[str, Any], payload: bytes) -> None:
+        """Hand the frame to the operation it names."""
         op = header.get("op")
-        if op == "run":
-            self._run(header, payload)
-        elif op == "status":
-            self._send({"event": "status", "tclets": self._host.status()})
-        elif op == "signal":
-            self._signal(header.get("signum"))
-        elif op == "drop" and header.get("stream") in ("stdout", "stderr"):
-            if self.tclet is not None:  # the client's own stream is gone (a closed pipe)
-                self.tclet.output.drop(str(header["stream"]))
-        else:
-            raise FrameError(f"unknown op {op!r} (expected run, status, signal or drop)")
-
-    def _run(self, header: dict[str, Any], payload: bytes) -> None:
-        if self.tclet is not None:
-            raise FrameError("one run per connection")
+        operation = OPERATIONS.get(op) if isinstance(op, str) else None
         try:
-            script = payload.decode()
-        except UnicodeDecodeError as exc:
-            raise RequestInvalid(f"run request: script: not UTF-8 ({exc.reason})") from None
-        self.tclet = self._host.launch(
-            script,
-            script_name=_field(header, "script_name", str, "tclet.tcl"),
-            policy=_field(header, "policy", str, None),
-            origin=_field(header, "origin", str, None),
-            argv=_field(header, "argv", list, []),
-            embed_args=_field(header, "embed_args", dict, {}),
-            limits=_field(header, "limits", list, []),
-            on_stdout=self._output("stdout"),
-            on_stderr=self._output("stderr"),
-            client=self._client,
-        )
-        pid = self.tclet.worker.pid if self.tclet.worker is not None else None
-        self._send({"event": "started", "id": self.tclet.id, "pid": pid})
-        self.follow = asyncio.get_running_loop().create_task(self._follow(self.tclet))
+            if operation is None:
+                raise NotAnOperation
+            operation.handle(self, header, payload)
+        except NotAnOperation:
+            raise FrameError(unknown_op(op)) from None
 
     async def _follow(self, tclet: Tclet) -> None:
         result = await tclet.wait()
-        self._send(
+        self.send(
             {
                 "event": "exit",
                 "status": result.status,
@@ -171,28 +126,27 @@ class ControlConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    def _signal(self, signum: object) -> None:
-        if self.tclet is None:
-            raise FrameError("signal: no tclet is running on this connection")
-        if signum == signal.SIGUSR1:
-            self._send({"event": "status", "tclets": [self.tclet.status()]})
-        elif signum in ENDING:
-            assert isinstance(signum, int)
-            self._spawn_end(*signal_ending(signum))
-        else:
-            raise FrameError(f"signal: {signum!r} is not one a client may pass on")
+    # ---- what operations do (ops.Session) -----------------------------------------------------
 
-    # ---- helpers ------------------------------------------------------------------------------
+    def adopt(self, tclet: Tclet) -> None:
+        self.tclet = tclet
+        self.follow = asyncio.get_running_loop().create_task(self._follow(tclet))
 
-    def _output(self, event: str) -> Callable[[bytes], None]:
+    def output(self, stream: str) -> Callable[[bytes], None]:
         def sink(data: bytes) -> None:
-            self._send({"event": event}, data)
+            self.send({"event": stream}, data)
 
         return sink
 
-    def _send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+    def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(encode(header, payload))
+
+    def end(self, reason: str, status: int) -> None:
+        assert self.tclet is not None
+        task = asyncio.get_running_loop().create_task(self.tclet.end(reason, status))
+        _ENDING.add(task)
+        task.add_done_callback(_ENDING.discard)
 
     def _fail(self, message: str, status: int) -> None:
         """Tell the client what was wrong and hang up; a running tclet ends with the link.
@@ -202,17 +156,11 @@ class ControlConnection(asyncio.Protocol):
         when the client closes, or after FAILED_LINGER seconds.
         """
         self._failed = True
-        self._send({"event": "error", "message": message, "status": status})
+        self.send({"event": "error", "message": message, "status": status})
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.write_eof()
             asyncio.get_running_loop().call_later(FAILED_LINGER, transport.close)
-
-    def _spawn_end(self, reason: str, status: int) -> None:
-        assert self.tclet is not None
-        task = asyncio.get_running_loop().create_task(self.tclet.end(reason, status))
-        _ENDING.add(task)
-        task.add_done_callback(_ENDING.discard)
 
 
 _ENDING: set[asyncio.Task[None]] = set()  # strong references to end tasks until they finish

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any, ParamSpec
 
 from tcletd.host.audit import AuditLog, TcletRecords
 from tcletd.host.broker import Broker
@@ -30,6 +32,7 @@ from tcletd.policy import Origin, Policy, load_policy
 from tcletd.policy.master import MasterConfig, load_master
 from tcletd.policy.quantities import worker_limits
 from tcletd.shared import protocol as p
+from tcletd.shared.launch import DEFAULT_SCRIPT_NAME, LaunchRequest
 from tcletd.shared.states import EXIT_TERMINATED, TcletResult
 from tcletd.shared.streams import write_own
 
@@ -42,6 +45,23 @@ DEFAULT_MAX_SOCKETS = 1024
 def _write_to(stream: str) -> Callable[[bytes], None]:
     # A closed pipe raises here, and the tclet's stream is dropped (OutputRelay.drop).
     return functools.partial(write_own, stream)
+
+
+_P = ParamSpec("_P")
+
+
+def _to_its_end(launch: Callable[_P, Tclet]) -> Callable[_P, Coroutine[Any, Any, TcletResult]]:
+    """``launch`` awaited to the tclet's end: the same arguments, declared once, on launch."""
+
+    async def run_tclet(*args: _P.args, **kwargs: _P.kwargs) -> TcletResult:
+        """Run one tclet to its end and return its result; takes what :meth:`launch` takes
+        (its output goes to the callbacks, default: our own stdout and stderr)."""
+        return await launch(*args, **kwargs).wait()
+
+    # For help() and inspect: launch's arguments, this result.
+    signature = inspect.signature(launch).replace(return_annotation=TcletResult.__name__)
+    run_tclet.__signature__ = signature  # type: ignore[attr-defined]
+    return run_tclet
 
 
 class Host:
@@ -121,33 +141,6 @@ class Host:
             shutil.rmtree(self._run_dir, ignore_errors=True)
         self._services = None
 
-    async def run_tclet(
-        self,
-        script: str,
-        *,
-        script_name: str = "tclet.tcl",
-        policy: str | Path | Policy | None = None,
-        origin: str | None = None,
-        argv: Sequence[str] = (),
-        embed_args: Mapping[str, str] | None = None,
-        on_stdout: Callable[[bytes], None] | None = None,
-        on_stderr: Callable[[bytes], None] | None = None,
-        limits: Sequence[str] = (),
-    ) -> TcletResult:
-        """Run one tclet to its end; its output goes to the callbacks (default: our own)."""
-        tclet = self.launch(
-            script,
-            script_name=script_name,
-            policy=policy,
-            origin=origin,
-            argv=argv,
-            embed_args=embed_args,
-            on_stdout=on_stdout,
-            on_stderr=on_stderr,
-            limits=limits,
-        )
-        return await tclet.wait()
-
     def status(self) -> list[dict[str, object]]:
         """One dict per running tclet: id, pid, policy, state, sockets, bytes_sent,
         bytes_received, cpu (seconds), rss (bytes), age (seconds since launch), demoted (its
@@ -160,7 +153,7 @@ class Host:
         self,
         script: str,
         *,
-        script_name: str = "tclet.tcl",
+        script_name: str = DEFAULT_SCRIPT_NAME,
         policy: str | Path | Policy | None = None,
         origin: str | None = None,
         argv: Sequence[str] = (),
@@ -172,37 +165,69 @@ class Host:
     ) -> Tclet:
         """Start a tclet and return at once; ``await tclet.wait()`` for its result.
 
-        ``limits`` are ``NAME=VALUE`` overrides of the policy's quotas and limits (``cpu=5s``,
-        ``sockets=4``), applied also to a policy the tclet later asks for; a bad one raises
-        ConfigError naming the key. Past the host's worker total, raises :class:`HostFull`; from
-        a site in the penalty box less than a second after its last launch, :class:`PenaltyHeld`.
-        ``client`` (who asked for the tclet: the resident host's client's ``pid`` and ``uid``)
-        is recorded in the audit log's launch record.
+        The keywords are a :class:`~tcletd.shared.launch.LaunchRequest`'s fields (see
+        :meth:`launch_request`), but ``policy`` may also be a loaded :class:`Policy` or a
+        :class:`~pathlib.Path` to a TOML file. ``limits`` are ``NAME=VALUE`` overrides of the
+        policy's quotas and limits (``cpu=5s``, ``sockets=4``), applied also to a policy the
+        tclet later asks for; a bad one raises ConfigError naming the key. Past the host's worker
+        total, raises :class:`HostFull`; from a site in the penalty box less than a second after
+        its last launch, :class:`PenaltyHeld`. ``client`` (who asked for the tclet: the resident
+        host's client's ``pid`` and ``uid``) is recorded in the audit log's launch record.
         """
+        loaded: Policy | None = None
+        if isinstance(policy, Policy):
+            loaded, policy = policy, policy.name
+        request = LaunchRequest(
+            script=script,
+            script_name=script_name,
+            policy=None if policy is None else str(policy),  # a name, or a file's path
+            origin=origin,
+            argv=list(argv),
+            embed_args=dict(embed_args or {}),
+            limits=list(limits),
+        )
+        return self.launch_request(
+            request, policy=loaded, on_stdout=on_stdout, on_stderr=on_stderr, client=client
+        )
+
+    run_tclet = _to_its_end(launch)
+
+    def launch_request(
+        self,
+        request: LaunchRequest,
+        *,
+        policy: Policy | None = None,
+        on_stdout: Callable[[bytes], None] | None = None,
+        on_stderr: Callable[[bytes], None] | None = None,
+        client: Mapping[str, int] | None = None,
+    ) -> Tclet:
+        """Start the tclet ``request`` describes (the control server's and the CLI's way in; the
+        rest is as for :meth:`launch`). ``policy``: a loaded policy to use instead of loading
+        ``request.policy``."""
         if self._services is None:
             raise RuntimeError("Host is not started")
         if self._totals.workers >= self._totals.max_workers:
             raise HostFull(workers_message(self._totals.max_workers))
-        fixed = policy is not None
-        if not isinstance(policy, Policy):
-            policy = load_policy(str(policy) if policy is not None else DEFAULT_POLICY)
-        policy = policy.with_overrides(*limits)
+        fixed = policy is not None or request.policy is not None
+        if policy is None:
+            policy = load_policy(request.policy if request.policy is not None else DEFAULT_POLICY)
+        policy = policy.with_overrides(*request.limits)
         tclet_id = secrets.token_hex(16)
-        where = Origin.parse(origin)
+        where = Origin.parse(request.origin)
         spec = p.WorkerSpec(
             tclet_id=tclet_id,
             token=secrets.token_hex(32),
             endpoint=self._services.hub.endpoint,
-            script=script,
-            script_name=script_name,
-            argv=list(argv),
-            embed_args=dict(embed_args or {}),
+            script=request.script,
+            script_name=request.script_name,
+            argv=list(request.argv),
+            embed_args=dict(request.embed_args),
             policy=policy.name,
             hidden_options=list(policy.hidden_options),
             # What the worker enforces on itself: descriptors on top of the runtime's own (its
             # socket quota), the Tcl command count, and OS backstops under the host's watchdog.
             **worker_limits(policy.quotas, policy.limits),
-            **ceilings(policy, fixed, self._services.master, where, limits),
+            **ceilings(policy, fixed, self._services.master, where, request.limits),
         )
         tclet = Tclet(
             self._services,
@@ -212,7 +237,7 @@ class Host:
             policy_fixed=fixed,
             on_stdout=on_stdout or _write_to("stdout"),
             on_stderr=on_stderr or _write_to("stderr"),
-            overrides=limits,
+            overrides=request.limits,
         )
         try:
             undo = self._services.penalties.admit_launch(where.site, time.monotonic())

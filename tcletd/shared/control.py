@@ -9,6 +9,10 @@ A Unix stream socket carries frames. A frame is one line of JSON (an object, at 
 script, or a chunk of a tclet's output). A stream socket rather than ZeroMQ because the host
 must know when a client goes away (its tclet ends with it) and who the client is
 (``SO_PEERCRED``: only the host's own user, or root, may use it).
+
+A client's frames name an ``op`` (the host's registry of them is :mod:`tcletd.host.ops`). A run
+frame carries a launch request (:class:`tcletd.shared.launch.LaunchRequest`): its fields in the
+header, but the script as the payload (UTF-8), so that a script needs no JSON escaping.
 """
 
 from __future__ import annotations
@@ -31,6 +35,12 @@ if TYPE_CHECKING:
     Frame = tuple[dict[str, Any], bytes]
 
 
+# LaunchRequest's fields, in its order. A client builds its run request as a plain dict of
+# these: importing msgspec (which LaunchRequest is made with) would add 25-40 ms to a ~100 ms
+# run. tests/host/test_control_ops.py checks that the two lists agree.
+RUN_FIELDS = ("script", "script_name", "policy", "origin", "argv", "embed_args", "limits")
+
+
 class FrameError(TcletdError):
     """A frame that breaks the control wire's rules; the connection is closed."""
 
@@ -39,6 +49,14 @@ def encode(header: dict[str, Any], payload: bytes = b"") -> bytes:
     if payload:
         header = {**header, "size": len(payload)}
     return json.dumps(header, separators=(",", ":")).encode() + b"\n" + payload
+
+
+def run_header(fields: dict[str, Any]) -> dict[str, Any]:
+    """A run frame's header: LaunchRequest's ``fields`` but the script (the frame's payload)."""
+    unknown = fields.keys() - set(RUN_FIELDS)
+    if unknown:  # the host ignores fields it does not know: a misspelt one would be lost
+        raise ValueError(f"not launch request fields: {', '.join(sorted(unknown))}")
+    return {"op": "run", **{k: v for k, v in fields.items() if k != "script"}}
 
 
 class FrameReader:

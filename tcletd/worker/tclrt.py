@@ -116,47 +116,18 @@ class TclRuntime:
     # ---- set-up ----------------------------------------------------------------------------------
 
     def _install(self) -> None:
-        tk = self.tk
-        tk.eval(MASTER_TCL)
-        tk.eval(LIMITS_TCL)
+        self.tk.eval(MASTER_TCL)
+        self.tk.eval(LIMITS_TCL)
         self._set_hidden(self.hidden_options)
-        for name, func in (
-            ("socket", self._py_socket),
-            ("policy", self._py_policy),
-            ("exit", self._py_exit),
-            ("drain", self._py_drain),
-            ("beat", self._py_beat),
-            ("limit", self._py_limit),
-        ):
-            tk.createcommand(f"::tcletd::py::{name}", func)
-        lib = str(tk.eval("info library"))
-        subdirs = tk.splitlist(tk.call("glob", "-nocomplain", "-type", "d", "-dir", lib, "*"))
-        access = [lib, *subdirs]
-        slave = self.slave
-        tk.call("::safe::interpCreate", slave, "-accessPath", tuple(access), "-noStatics")
-        for name, target in (
-            ("socket", ("::tcletd::call", "socket", "::tcletd::py::socket")),
-            ("fconfigure", ("::tcletd::FconfigureAlias", slave)),
-            ("policy", ("::tcletd::call", "policy", "::tcletd::py::policy")),
-            ("exit", ("::tcletd::ExitAlias",)),
-            ("::tcl::Bgerror", ("::tcletd::bgerror", slave)),
-        ):
-            tk.call("interp", "alias", slave, name, "", *target)
-        tk.call("interp", "bgerror", slave, "::tcl::Bgerror")
-        tk.call("::tcletd::Harden", slave)
-        for chan in ("stdout", "stderr"):
-            tk.call("interp", "share", "", chan, slave)
-        argv = tuple(self.spec.argv)
-        embed = tuple(x for kv in self.spec.embed_args.items() for x in kv)
-        for var, value in (
-            ("::argv", argv),
-            ("::argc", str(len(argv))),
-            ("::argv0", self.spec.script_name),
-            ("::tcl_interactive", "0"),
-        ):
-            tk.call("interp", "eval", slave, ("::set", var, value))
-        tk.call("interp", "eval", slave, ("::array", "set", "::embed_args", embed))
-        tk.call("interp", "eval", slave, ("::info", "script", self.spec.script_name))
+        commands: dict[str, Callable[..., object]] = {
+            "socket": self._py_socket,
+            "policy": self._py_policy,
+            "exit": self._py_exit,
+            "drain": self._py_drain,
+            "beat": self._py_beat,
+            "limit": self._py_limit,
+        }
+        make_tclet_interp(self.tk, self.slave, self.spec, commands)
 
     def _set_hidden(self, options: list[str]) -> None:
         self.hidden_options = list(options)
@@ -409,3 +380,40 @@ class TclRuntime:
                 self._fail(exc)
             self._terminate(EXIT_KILLED)
         return ""
+
+
+def make_tclet_interp(
+    tk: tkinter.Tk, slave: str, spec: WorkerSpec, commands: dict[str, Callable[..., object]]
+) -> None:
+    """Create the tclet's Safe Base interpreter in ``tk``'s master: the Python ``commands``
+    behind the aliases (as ``::tcletd::py::NAME``), Tcl's library on its access path, the
+    aliases, the shared stdout and stderr, and the tclet's argv, argv0 and embed_args."""
+    for name, func in commands.items():
+        tk.createcommand(f"::tcletd::py::{name}", func)
+    lib = str(tk.eval("info library"))
+    subdirs = tk.splitlist(tk.call("glob", "-nocomplain", "-type", "d", "-dir", lib, "*"))
+    access = [lib, *subdirs]
+    tk.call("::safe::interpCreate", slave, "-accessPath", tuple(access), "-noStatics")
+    for name, target in (
+        ("socket", ("::tcletd::call", "socket", "::tcletd::py::socket")),
+        ("fconfigure", ("::tcletd::FconfigureAlias", slave)),
+        ("policy", ("::tcletd::call", "policy", "::tcletd::py::policy")),
+        ("exit", ("::tcletd::ExitAlias",)),
+        ("::tcl::Bgerror", ("::tcletd::bgerror", slave)),
+    ):
+        tk.call("interp", "alias", slave, name, "", *target)
+    tk.call("interp", "bgerror", slave, "::tcl::Bgerror")
+    tk.call("::tcletd::Harden", slave)
+    for chan in ("stdout", "stderr"):
+        tk.call("interp", "share", "", chan, slave)
+    argv = tuple(spec.argv)
+    embed = tuple(x for kv in spec.embed_args.items() for x in kv)
+    for var, value in (
+        ("::argv", argv),
+        ("::argc", str(len(argv))),
+        ("::argv0", spec.script_name),
+        ("::tcl_interactive", "0"),
+    ):
+        tk.call("interp", "eval", slave, ("::set", var, value))
+    tk.call("interp", "eval", slave, ("::array", "set", "::embed_args", embed))
+    tk.call("interp", "eval", slave, ("::info", "script", spec.script_name))

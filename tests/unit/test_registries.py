@@ -73,7 +73,7 @@ def test_tables_have_exactly_the_registry_settings_in_order() -> None:
 def test_tables_are_immutable_values() -> None:
     q = Quotas(sockets=3)
     with pytest.raises(AttributeError):
-        q.sockets = 4  # type: ignore[misc]
+        q.sockets = 4
     with pytest.raises(AttributeError):
         _ = q.no_such_quota
     assert q == Quotas(3) and q != Quotas(4) and hash(q) == hash(Quotas(3))
