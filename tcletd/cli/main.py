@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from tcletd import __version__
 from tcletd.cli.client import ENV_HOST
 from tcletd.cli.client import default_socket as client_default_socket
+from tcletd.policy.actions import ACTIONS
 from tcletd.shared.errors import EXIT_INTERRUPTED, TcletdError
 
 RUN_EPILOG = """\
@@ -47,6 +48,20 @@ POLICY_EPILOG = """\
 exit status (check): 0 allowed, 1 denied, 2 bad policy or arguments.
 exit status (lint): 0 clean, 1 problems found, 2 the file cannot be read or parsed.
 """
+
+
+# ``--limit``'s help comes from the quotas and limits registry, read when help is printed: the
+# registry imports more than a ``tcletd run --host`` should pay for at every start.
+LIMIT_HELP = "(the quotas and limits registry's examples)"
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.help == LIMIT_HELP:
+            from tcletd.policy.quantities import limit_help
+
+            return limit_help()
+        return super()._get_help_string(action)
 
 
 Handler = Callable[[argparse.Namespace], int]
@@ -106,9 +121,7 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="override a quota or limit of the policy: sockets=4, connects_per_second=2, "
-        "bytes_sent=1MiB, bytes_received=1MiB, send_rate=64KiB/s, output_bytes=512KiB, "
-        "cpu=5s, memory=128MiB, wall=30s, commands=1000000 (repeatable)",
+        help=LIMIT_HELP,
     )
     run.add_argument("--audit", default=None, metavar="FILE", help="append audit records here")
     run.add_argument(
@@ -138,7 +151,7 @@ def _run(args: argparse.Namespace) -> int:
 def _check_arguments(check: argparse.ArgumentParser) -> None:
     check.add_argument("--policy", default="home", help="policy name or TOML file")
     check.add_argument("--origin", default=None, help="the tclet's origin URL")
-    check.add_argument("--action", default="connect", choices=["connect", "listen", "accept"])
+    check.add_argument("--action", default="connect", choices=list(ACTIONS))
     check.add_argument("host")
     check.add_argument("port")
 
@@ -275,13 +288,13 @@ def _add_commands(
 ) -> None:
     for command in commands:
         if command.epilog is None:
-            parser = sub.add_parser(command.name, help=command.help)
+            parser = sub.add_parser(command.name, help=command.help, formatter_class=_HelpFormatter)
         else:  # an epilog is laid out by hand: tables and examples
             parser = sub.add_parser(
                 command.name,
                 help=command.help,
                 epilog=command.epilog,
-                formatter_class=argparse.RawDescriptionHelpFormatter,
+                formatter_class=_HelpFormatter,
             )
         if command.arguments is not None:
             command.arguments(parser)

@@ -27,6 +27,7 @@ from tcletd.host.watchdog import (
     breach_from_death,
     check_limits,
 )
+from tcletd.policy.quantities import SETTINGS
 from tcletd.shared import protocol as p
 from tcletd.shared.states import EXIT_KILLED
 
@@ -99,8 +100,11 @@ class Enforcer:
         ``commands``: the count its last heartbeat reported."""
         tclet = self._tclet
         limits = tclet.policy.limits  # a granted policy moved the worker's limits with it
-        maxima = {"commands": limits.commands, "memory": limits.memory, "cpu": limits.cpu}
-        maximum = maxima.get(msg.limit)
+        # Only a limit the worker was given (its Setting names a WorkerSpec field) can be hit there.
+        given = SETTINGS.get(msg.limit)
+        maximum = (
+            getattr(limits, msg.limit) if given and given.worker and given.table == "limits" else 0
+        )
         if not maximum:
             tclet.violation(f"limit hit for a limit it was not given: {msg.limit[:40]!r}")
             return

@@ -31,7 +31,7 @@ from typing import Protocol
 
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 
-from tcletd.policy.quantities import Limits, format_duration, format_size
+from tcletd.policy.quantities import SETTINGS, Limits, format_duration, format_size
 from tcletd.shared.errors import EXIT_TEMPFAIL, TcletdError
 from tcletd.shared.states import EXIT_KILLED, EXIT_WALL_LIMIT
 
@@ -70,10 +70,12 @@ class Breach:
 
 
 def limit_reason(limit: str, maximum: float) -> str:
-    """``cpu limit 10 s``, ``memory limit 256 MiB``, ``wall limit 60 s``, ``commands limit N``."""
-    if limit == "memory":
-        return f"memory limit {format_size(maximum)}"
-    if limit in ("cpu", "wall"):
+    """``cpu limit 10 s``, ``memory limit 256 MiB``, ``wall limit 60 s``, ``commands limit N``:
+    the value in the unit the limit's Setting declares."""
+    unit = SETTINGS[limit].unit if limit in SETTINGS else ""
+    if unit == "bytes":
+        return f"{limit} limit {format_size(maximum)}"
+    if unit == "seconds":
         return f"{limit} limit {format_duration(maximum)}"
     return f"{limit} limit {int(maximum) if float(maximum).is_integer() else maximum}"
 

@@ -6,31 +6,50 @@ Everything that knows the set of actions reads it from :data:`ACTIONS`: the poli
 sections and its decision, ``tcletd policy lint`` and ``tcletd policy check --action``, and the
 documentation test for ``docs/policy.md``. Adding an action means a spec here, and the host and
 worker code that makes the requests it governs.
+
+Light on purpose (no dataclasses, no typing at run time): the command line reads the action
+names when it builds its parser, and ``tcletd run --host`` must not pay for the engine.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from tcletd.policy.addresses import CanonicalHost, Origin, canonical_host, parse_port
+# Not typing.TYPE_CHECKING: importing typing costs the command line start-up time (mypy takes any
+# name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from tcletd.policy.addresses import CanonicalHost, Origin
 
 # An empty host in a request stands for the tclet's origin (the plugin's rule for connects).
 ORIGIN_HOST = "$originSocketHost"
 
 
-@dataclass(frozen=True, slots=True)
 class ActionSpec:
     """One action: its section name, what it governs, what its rules' host and port words are
     matched against (``docs/policy.md``'s section table, checked by a test), what an empty host
     in a request means (:data:`ORIGIN_HOST` or a literal address) and whether port 0 (any free
-    port) is a valid request."""
+    port) is a valid request. Immutable by convention: specs are made once, here."""
 
-    name: str
-    help: str
-    host_matched: str
-    port_matched: str
-    empty_host: str
-    port_zero: bool
+    __slots__ = ("empty_host", "help", "host_matched", "name", "port_matched", "port_zero")
+
+    def __init__(
+        self,
+        name: str,
+        help: str,
+        host_matched: str,
+        port_matched: str,
+        empty_host: str,
+        *,
+        port_zero: bool,
+    ) -> None:
+        self.name = name
+        self.help = help
+        self.host_matched = host_matched
+        self.port_matched = port_matched
+        self.empty_host = empty_host
+        self.port_zero = port_zero
+
+    def __repr__(self) -> str:
+        return f"ActionSpec({self.name!r})"
 
     def target_host(self, host: str, origin: Origin) -> str:
         """The host a request names, with an empty one filled in as the plugin did."""
@@ -44,6 +63,8 @@ class ActionSpec:
         """A request's host canonicalised and its port: a number, or a service name still to
         be looked up (only when ``services``). The port is checked first, as the plugin did;
         RequestError words a bad one as the plugin did."""
+        from tcletd.policy.addresses import canonical_host, parse_port
+
         number = parse_port(port, services=services, allow_zero=self.port_zero)
         return canonical_host(host), number
 

@@ -130,19 +130,19 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "bytes_sent", "quotas", int, parse_size, "bytes", 0, 64 * 2**20,
             "size",
-            "bytes sent, over all sockets", "bytes_sent=16MiB",
+            "bytes sent, over all sockets", "bytes_sent=1MiB",
             "host (kernel TCP_INFO counters; sockets shut down)",
         ),
         Setting(
             "bytes_received", "quotas", int, parse_size, "bytes", 0, 64 * 2**20,
             "size",
-            "bytes received, over all sockets", "bytes_received=16MiB",
+            "bytes received, over all sockets", "bytes_received=1MiB",
             "host (kernel TCP_INFO counters; sockets shut down)",
         ),
         Setting(
             "send_rate", "quotas", int, parse_rate, "bytes/s", 0, 2**20,
             "size per second, `/s` optional; `0` = no pacing",
-            "kernel send pacing per socket (0: none)", "send_rate=256KiB/s",
+            "kernel send pacing per socket (0: none)", "send_rate=64KiB/s",
             "kernel (SO_MAX_PACING_RATE, set by the host)",
         ),
         Setting(

@@ -320,6 +320,9 @@ def test_a_run_on_a_resident_host_imports_no_host_engine_or_msgspec(tmp_path: Pa
     )
     status, modules = json.loads(out.stdout)
     assert status == 69, out.stderr
-    heavy = ("asyncio", "zmq", "msgspec", "typing", "tcletd.host", "tcletd.policy", "tcletd.api")
+    heavy = ("asyncio", "zmq", "msgspec", "typing", "dataclasses", "tcletd.host", "tcletd.api")
     loaded = [m for m in modules if m.startswith(heavy)]
     assert loaded == [], loaded
+    # Of the policy package, only its lazy face and the actions registry (for --action's choices).
+    policy = [m for m in modules if m.startswith("tcletd.policy")]
+    assert policy == ["tcletd.policy", "tcletd.policy.actions"], policy

@@ -4,11 +4,13 @@ schema, lint, the override parser) must follow them."""
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
 import pytest
 
+from tcletd.cli.main import build_parser
 from tcletd.policy import ACTIONS, load_policy, policy_from_text
 from tcletd.policy.actions import ORIGIN_HOST, action_spec
 from tcletd.policy.addresses import Origin
@@ -154,3 +156,21 @@ def test_action_rules_for_empty_hosts_and_port_zero() -> None:
                 spec.parse_request("127.0.0.1", "0", services=False)
     with pytest.raises(ValueError, match="connect, listen, accept"):
         action_spec("udp")
+
+
+def _subparser(parser: argparse.ArgumentParser, *path: str) -> argparse.ArgumentParser:
+    for name in path:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    return parser
+
+
+def test_the_command_line_takes_actions_and_limits_from_the_registries() -> None:
+    parser = build_parser()
+    run_help = " ".join(_subparser(parser, "run").format_help().split())
+    assert " ".join(limit_help().split()) in run_help
+    for name in ACTIONS:
+        args = parser.parse_args(["policy", "check", "--action", name, "127.0.0.1", "1"])
+        assert args.action == name
+    with pytest.raises(SystemExit):
+        parser.parse_args(["policy", "check", "--action", "udp", "127.0.0.1", "1"])
