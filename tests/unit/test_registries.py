@@ -52,12 +52,14 @@ def test_docs_quota_table_is_the_registry_written_out() -> None:
         f"| {format_value(s, getattr(getattr(trusted, s.table), s.name))} | {s.enforcer} |"
         for s in SETTINGS.values()
     ]
-    assert _table(DOCS.read_text(), "| key | type | home | trusted |") == expected
+    actual = _table(DOCS.read_text(), "| key | type | home | trusted |")
+    assert actual == expected, "docs/policy.md's quota table should read:\n" + "\n".join(expected)
 
 
 def test_docs_section_table_is_the_action_registry() -> None:
     expected = [f"| `{a.name}` | {a.host_matched} | {a.port_matched} |" for a in ACTIONS.values()]
-    assert _table(DOCS.read_text(), "| section | host word") == expected
+    actual = _table(DOCS.read_text(), "| section | host word")
+    assert actual == expected, "docs/policy.md's section table should read:\n" + "\n".join(expected)
 
 
 def test_tables_have_exactly_the_registry_settings_in_order() -> None:
