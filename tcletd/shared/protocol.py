@@ -54,6 +54,10 @@ class WorkerSpec(msgspec.Struct, frozen=True):
     cpu_max: float = -1.0
     # Start in the idle scheduling class: the tclet's origin is in the host's penalty box.
     demoted: bool = False
+    # Test-only: run this probe of tcletd.worker.probes instead of the script, once the sandbox
+    # is in place. The host never sets it from a launch request; only tests driving a
+    # Supervisor do.
+    probe: str = ""
 
 
 # ---- worker -> host -------------------------------------------------------------------------

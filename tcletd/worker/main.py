@@ -89,6 +89,11 @@ def run(spec_bytes: bytes, fdsock: socket.socket, out: socket.socket, err: socke
     runtime.prime()
     sandbox.apply(spec)
     runtime.on_policy = lambda grant: sandbox.follow(grant.nofile, grant.memory, grant.cpu)
+    if spec.probe:
+        from tcletd.worker import probes
+
+        sys.stdout.flush()
+        os._exit(probes.run(spec.probe))
     link.hello()
     status = runtime.run()
     sys.stdout.flush()
