@@ -8,10 +8,12 @@ and sandbox, real Tcl and worker processes), ``host`` (an in-process Host with r
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.dns import DnsServer
 from support.net import TcpServer, echo_handler, refused_port, silent_handler
 from support.processes import TcletRunner
 
@@ -28,6 +30,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         if layer in SLOW_LAYERS:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_dns() -> Iterator[DnsServer]:
+    """The suite's DNS server on 127.0.0.1 (NXDOMAIN for every name), set as
+    ``TCLETD_NAMESERVERS`` for every Host and every tcletd process the tests start: no test
+    sends a query to the machine's resolver. Tests that care about names start their own."""
+    with DnsServer() as server:
+        before = os.environ.get("TCLETD_NAMESERVERS")
+        os.environ["TCLETD_NAMESERVERS"] = server.address
+        try:
+            yield server
+        finally:
+            if before is None:
+                os.environ.pop("TCLETD_NAMESERVERS", None)
+            else:
+                os.environ["TCLETD_NAMESERVERS"] = before
 
 
 @pytest.fixture

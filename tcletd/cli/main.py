@@ -90,6 +90,25 @@ class Command:
         self.actions = actions
 
 
+def _count(text: str) -> int:
+    """A count of 1 or more for an option."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    """A duration of more than 0 for an option."""
+    seconds = _seconds(text)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"expected a duration of more than 0, got {text!r}")
+    return seconds
+
+
 def _seconds(text: str) -> float:
     """A duration of 0 or more (``60s``, ``2m``, ``0``) for an option."""
     from tcletd.policy.quantities import parse_duration  # only when the option is given
@@ -101,6 +120,29 @@ def _seconds(text: str) -> float:
     if not 0 <= seconds < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a duration of 0 or more, got {text!r}")
     return seconds
+
+
+def _nameserver(text: str) -> str:
+    """``ADDR[:PORT]`` of a DNS server for an option, checked when the option is given."""
+    from tcletd.host.resolver import parse_nameserver
+
+    try:
+        return parse_nameserver(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _nameserver_argument(parser: argparse.ArgumentParser, note: str = "") -> None:
+    parser.add_argument(
+        "--nameserver",
+        action="append",
+        type=_nameserver,
+        default=None,
+        metavar="ADDR[:PORT]",
+        help=f"a DNS server for the names tclets ask for{note} (repeatable; default: "
+        "$TCLETD_NAMESERVERS if set, else the system's resolv.conf; the hosts file is read "
+        "first either way)",
+    )
 
 
 # ---- run --------------------------------------------------------------------------------------
@@ -124,6 +166,7 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         help=LIMIT_HELP,
     )
     run.add_argument("--audit", default=None, metavar="FILE", help="append audit records here")
+    _nameserver_argument(run, ", on the embedded host (not with --host)")
     run.add_argument(
         "--host",
         default=os.environ.get(ENV_HOST) or None,
@@ -139,6 +182,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.host:
         from tcletd.cli import client
 
+        if args.nameserver:
+            print("tcletd: --nameserver: a resident host uses its own nameservers", file=sys.stderr)
+            return 2
         return client.run(args, args.host)
     from tcletd.cli import runner
 
@@ -152,6 +198,7 @@ def _check_arguments(check: argparse.ArgumentParser) -> None:
     check.add_argument("--policy", default="home", help="policy name or TOML file")
     check.add_argument("--origin", default=None, help="the tclet's origin URL")
     check.add_argument("--action", default="connect", choices=list(ACTIONS))
+    _nameserver_argument(check, ", as the host would use it")
     check.add_argument("host")
     check.add_argument("port")
 
@@ -184,8 +231,38 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument("--audit", default=None, metavar="FILE", help="append audit records here")
     serve.add_argument("--master", default=None, metavar="FILE", help="master config (policies)")
+    _nameserver_argument(serve)
     serve.add_argument("--max-workers", type=int, default=64, help="tclets at once (64)")
     serve.add_argument("--max-sockets", type=int, default=1024, help="sockets at once (1024)")
+    serve.add_argument(
+        "--max-connections",
+        type=_count,
+        default=256,
+        metavar="N",
+        help="client connections at once (256); at the cap a new one evicts the one idle the "
+        "longest, and is refused only when every connection runs a tclet",
+    )
+    serve.add_argument(
+        "--frame-deadline",
+        type=_positive_seconds,
+        default=10.0,
+        metavar="DURATION",
+        help="how long a client may take to send a whole frame from its first byte (10s)",
+    )
+    serve.add_argument(
+        "--idle-deadline",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="DURATION",
+        help="how long a connection without a tclet may go without a request (30s)",
+    )
+    serve.add_argument(
+        "--policy-dir",
+        default=None,
+        metavar="DIR",
+        help="the operator's policies (DIR/NAME.toml): clients may name these as well as the "
+        "shipped ones (never a path)",
+    )
     serve.add_argument(
         "--penalty",
         type=_seconds,

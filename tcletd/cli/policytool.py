@@ -1,7 +1,8 @@
 """``tcletd policy check`` and ``tcletd policy lint``: the policy engine for operators (host side).
 
-Unlike the engine, this module may do I/O: ``check`` resolves names with getaddrinfo exactly
-once, as the host does, and decides on every address. ``lint`` runs the loader's validation on
+Unlike the engine, this module may do I/O: ``check`` looks a name up exactly as the host does
+(only when the policy needs its addresses, once, through the host's c-ares resolver and the same
+nameserver option) and decides on every address. ``lint`` runs the loader's validation on
 every rule (collecting all errors rather than stopping at the first) and adds warnings for
 rules that are legal but almost certainly not what the operator meant.
 """
@@ -12,7 +13,6 @@ import argparse
 import socket
 import sys
 from dataclasses import dataclass
-from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +39,28 @@ from tcletd.shared.errors import ConfigError, RequestError
 EXIT_ALLOWED, EXIT_DENIED, EXIT_BAD = 0, 1, 2
 
 
-def _resolve(host: CanonicalHost) -> tuple[list[IPAddress], str]:
+def _resolve(
+    host: CanonicalHost, needed: bool, nameservers: list[str] | None
+) -> tuple[list[IPAddress], str]:
     if host.ip is not None:
         return [host.ip], ""
+    if not needed:
+        return [], "not looked up: no allow rule could match this name (the host makes no lookup)"
+    import asyncio
+
+    from tcletd.host.resolver import Resolver
+
+    async def lookup() -> list[IPAddress]:
+        resolver = Resolver(nameservers)
+        try:
+            return await resolver.addresses(host.text)
+        finally:
+            await resolver.close()
+
     try:
-        infos = socket.getaddrinfo(host.text, None, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:
-        return [], f"cannot resolve {host.text}: {exc}"
-    return [ip_address(info[4][0]) for info in infos], ""
+        return asyncio.run(lookup()), ""
+    except RequestError as exc:
+        return [], f"cannot resolve {host.text}: {exc.message}"
 
 
 def check(args: argparse.Namespace) -> int:
@@ -73,7 +87,8 @@ def check(args: argparse.Namespace) -> int:
     except RequestError as exc:
         _report(False, [*details, f"message: {exc.message}"])
         return EXIT_DENIED
-    addresses, problem = _resolve(host)
+    needed = policy.needs_addresses(action, host, port, origin)
+    addresses, problem = _resolve(host, needed, getattr(args, "nameserver", None))
     details.append(f"host:    {host.text} ({'address' if host.ip is not None else 'name'})")
     if problem:
         details.append(f"note:    {problem}")

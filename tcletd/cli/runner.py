@@ -63,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
     request = LaunchRequest(**launch_fields(args, script, script_name))
 
     async def main() -> int:
-        async with Host(audit=args.audit) as host:
+        async with Host(
+            audit=args.audit, nameservers=args.nameserver, cgroups=_cgroups_wanted()
+        ) as host:
             tclet = host.launch_request(request)
             loop = asyncio.get_running_loop()
             signals: asyncio.Queue[int] = asyncio.Queue()
@@ -80,9 +82,11 @@ def run(args: argparse.Namespace) -> int:
                 result = await tclet.wait()
             finally:
                 taker.cancel()
-            if result.by_host:
-                print(f"tcletd: tclet ended: {result.reason}", file=sys.stderr, flush=True)
-            return result.status
+        # After the host's close: the tclet's own stderr, still buffered while our reader was
+        # slow, comes first (it has its bounded wait there).
+        if result.by_host:
+            print(f"tcletd: tclet ended: {result.reason}", file=sys.stderr, flush=True)
+        return result.status
 
     return asyncio.run(main())
 
@@ -95,6 +99,7 @@ def serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from tcletd.api import Host
+    from tcletd.host.bounds import Bounds
     from tcletd.host.control import ControlServer
 
     async def main() -> int:
@@ -104,8 +109,16 @@ def serve(args: argparse.Namespace) -> int:
             max_workers=args.max_workers,
             max_sockets=args.max_sockets,
             penalty=args.penalty,
+            nameservers=args.nameserver,
+            policy_dir=args.policy_dir,
+            cgroups=_cgroups_wanted(),
         )
-        control = ControlServer(host, Path(args.socket))
+        bounds = Bounds(
+            max_connections=args.max_connections,
+            frame_deadline=args.frame_deadline,
+            idle_deadline=args.idle_deadline,
+        )
+        control = ControlServer(host, Path(args.socket), bounds=bounds)
         async with host:
             await control.start()
             loop = asyncio.get_running_loop()
@@ -159,7 +172,24 @@ def doctor(*, verbose: bool) -> int:
         # A sample sandbox applied in a forked child, with what the kernel then reports.
         for line in sandbox.selftest():
             print(f"sandbox: {line}")
+        from tcletd.host import cgroups
+
+        # Limits written into a test cgroup and read back: what a host here would get.
+        found = cgroups.probe()
+        if not _cgroups_wanted():
+            print("sandbox: cgroup: inactive: turned off (TCLETD_CGROUPS=0)")
+        elif found.active:
+            print(f"sandbox: cgroup: active ({found.reason})")
+        else:
+            print(f"sandbox: cgroup: inactive: {found.reason}")
     return EXIT_OK
+
+
+def _cgroups_wanted() -> bool:
+    """A cgroup per worker unless ``TCLETD_CGROUPS=0`` (for comparing runs without them)."""
+    import os
+
+    return os.environ.get("TCLETD_CGROUPS", "1") != "0"
 
 
 def _pacing_support() -> str:

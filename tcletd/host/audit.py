@@ -8,6 +8,7 @@ fields of each event are documented in ``docs/audit.md``.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from tcletd.host.watchdog import Breach
     from tcletd.policy import Decision
 
+log = logging.getLogger(__name__)
+
 
 class AuditLog:
     """Appends JSON lines to a file; a disabled log (no path) drops records at no cost."""
@@ -28,6 +31,7 @@ class AuditLog:
         self.path = Path(path) if path else None
         self._file: IO[bytes] | None = None
         self._encoder = msgspec.json.Encoder()
+        self.lost = 0  # records that could not be written
         if self.path is not None:
             self._file = self.path.open("ab", buffering=0)
 
@@ -39,7 +43,14 @@ class AuditLog:
         if self._file is None:
             return
         entry = {"time": round(time.time(), 6), "event": event, **fields}
-        self._file.write(self._encoder.encode(entry) + b"\n")
+        try:
+            # Opened once, at start: writing needs no new descriptor, so the log goes on when
+            # the host is out of them (EMFILE).
+            self._file.write(self._encoder.encode(entry) + b"\n")
+        except OSError as exc:  # a full disk: the enforcement that called us must go on
+            if not self.lost:
+                log.error("audit: cannot write %s: %s (records are being lost)", self.path, exc)
+            self.lost += 1
 
     def close(self) -> None:
         if self._file is not None:
@@ -61,7 +72,16 @@ class TcletRecords:
             event, tclet=self._tclet, origin=self._origin, policy=self._policy(), **fields
         )
 
-    def decision(self, action: str, host: str, port: str, d: Decision | None, why: str) -> None:
+    def decision(
+        self,
+        action: str,
+        host: str,
+        port: str,
+        d: Decision | None,
+        why: str,
+        lookup_ms: float | None = None,
+    ) -> None:
+        """``lookup_ms``: how long the host's lookup of the name took; None when it made none."""
         if not self._log.enabled:
             return
         self(
@@ -74,6 +94,8 @@ class TcletRecords:
             decision="allowed" if d and d.allowed else "denied",
             rules=list(d.rules) if d else [],
             reason=why,
+            lookup=lookup_ms is not None,
+            lookup_ms=None if lookup_ms is None else round(lookup_ms, 3),
         )
 
     def refused(self, exc: QuotaRefused, request: str, host: str, port: str) -> None:

@@ -1,12 +1,15 @@
 """Sockets on a tclet's behalf: canonicalise, resolve, decide, then create the real socket.
 
 Host side of the trust boundary. Every request here comes from a worker and is treated as
-hostile: the words are canonicalised by the policy engine, names are resolved here (never by the
-worker) and the connection is made only to an address the policy checked, so a second lookup
-can never change the answer (no DNS rebinding). A granted socket's descriptor is handed to the
-worker on its SOCK_SEQPACKET socketpair, framed with the socket's id; the host keeps its own
-duplicate so it can revoke (shutdown) or account for it later, and closes it when the tclet
-closes the channel or ends.
+hostile: the words are canonicalised by the policy engine, a name is looked up here (never by
+the worker) and only when the policy needs its addresses (a name no allow rule could match is
+denied without a lookup, so a tclet cannot leak data through the resolver), through the host's
+:class:`~tcletd.host.resolver.Resolver` (c-ares, a timeout, one lookup in flight per tclet, a
+lookups-per-second quota), and the connection is made only to an address the policy checked,
+so a second lookup can never change the answer (no DNS rebinding). A granted socket's
+descriptor is handed to the worker on its SOCK_SEQPACKET socketpair, framed with the socket's
+id; the host keeps its own duplicate so it can revoke (shutdown) or account for it later, and
+closes it when the tclet closes the channel or ends.
 """
 
 from __future__ import annotations
@@ -18,18 +21,34 @@ import ipaddress
 import os
 import select
 import socket
-from collections.abc import Callable, Coroutine, Generator
-from typing import Any
+import time
+from collections.abc import Coroutine, Generator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
 
+from tcletd.host.resolver import Resolver
 from tcletd.policy import Decision, Origin, Policy, denied_message
 from tcletd.policy.actions import action_spec
-from tcletd.policy.addresses import CanonicalHost, canonical_host
+from tcletd.policy.addresses import canonical_host
 from tcletd.shared import protocol as p
 from tcletd.shared.errors import RequestError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-# Called with every decision (None when the request failed before one: a bad port or host).
-Audit = Callable[[Decision | None, str], None]
+
+
+class Audit(Protocol):
+    """Called with every decision (None when the request failed before one: a bad port or host,
+    a failed lookup) and, when the host looked the name up, the lookup's milliseconds."""
+
+    def __call__(self, d: Decision | None, why: str, lookup_ms: float | None = None) -> None: ...
+
+
+class Lookups(Protocol):
+    """A tclet's side of lookups: its key for the one-in-flight rule is this object, and
+    ``admit_lookup`` counts one against its quota or raises (and audits) QuotaRefused."""
+
+    def admit_lookup(self, action: str, host: str, port: str) -> None: ...
+
 
 # Tcl's own wording for OS errors in `socket`, so scripts' error handling keeps working.
 _TCL_ERRNO_TEXT = {
@@ -65,33 +84,25 @@ class FdChannel:
 class Broker:
     """Decides and creates sockets for tclets. One instance serves every tclet of a host."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, resolver: Resolver | None = None) -> None:
         self._loop = loop
+        self.resolver = resolver or Resolver(loop=loop)
+        # getservbyname reads /etc/services through NSS and may block; one thread of its own,
+        # never the loop's default executor, so a slow one delays only service-name requests.
+        self._services = ThreadPoolExecutor(1, thread_name_prefix="tcletd-services")
+
+    async def close(self) -> None:
+        await self.resolver.close()
+        self._services.shutdown(wait=False, cancel_futures=True)
 
     # ---- words ------------------------------------------------------------------------------
 
     async def _service(self, name: str, text: str) -> int:
         try:
-            return await self._loop.run_in_executor(None, socket.getservbyname, name, "tcp")
-        except OSError:
+            future = self._loop.run_in_executor(self._services, socket.getservbyname, name, "tcp")
+            return await asyncio.wait_for(future, self.resolver.timeout)
+        except (OSError, TimeoutError):
             raise RequestError(f'expected integer but got "{text}"') from None
-
-    async def resolve(self, host: CanonicalHost, port: int) -> list[IPAddress]:
-        """Every address a name resolves to, in resolver order; a literal is itself."""
-        if host.ip is not None:
-            return [host.ip]
-        try:
-            infos = await self._loop.getaddrinfo(
-                host.text, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-            )
-        except socket.gaierror as exc:
-            raise RequestError(f"couldn't open socket: {exc.strerror}") from None
-        seen: list[IPAddress] = []
-        for _family, _type, _proto, _canon, addr in infos:
-            ip = ipaddress.ip_address(str(addr[0]).split("%", 1)[0])
-            if ip not in seen:
-                seen.append(ip)
-        return seen
 
     async def decide(
         self,
@@ -100,22 +111,35 @@ class Broker:
         port_text: str,
         policy: Policy,
         origin: Origin,
-        audit: Callable[[Decision | None, str], None],
+        audit: Audit,
+        lookups: Lookups | None = None,
     ) -> Decision:
-        """Canonicalise, resolve and decide; every outcome is audited, a denial raised. An empty
-        host is filled in by the action's rule (the origin for a connect)."""
+        """Canonicalise, look up if the policy needs it, and decide; every outcome is audited, a
+        denial raised. An empty host is filled in by the action's rule (the origin for a
+        connect). A name is looked up only when :meth:`Policy.needs_addresses` says so."""
         spec = action_spec(action)
         host_text = spec.target_host(host_text, origin)
         try:
             host, port = spec.parse_request(host_text, port_text, services=policy.service_names)
             if isinstance(port, str):
                 port = await self._service(port, port_text)
-            addresses = await self.resolve(host, port)
         except RequestError as exc:
             audit(None, exc.message)
             raise
-        decision = policy.decide(action, host, port, origin, addresses)
-        audit(decision, decision.reason)
+        addresses: list[IPAddress] = []
+        lookup_ms: float | None = None
+        if host.ip is None and policy.needs_addresses(action, host, port, origin):
+            if lookups is not None:
+                lookups.admit_lookup(action, host_text, port_text)  # audits its own refusal
+            started = time.monotonic()
+            try:
+                addresses = await self.resolver.addresses(host.text, lookups)
+            except RequestError as exc:
+                audit(None, exc.message, (time.monotonic() - started) * 1000)
+                raise
+            lookup_ms = (time.monotonic() - started) * 1000
+        decision = policy.decide(action, host, port, origin, addresses or None)
+        audit(decision, decision.reason, lookup_ms)
         if not decision.allowed:
             raise RequestError(denied_message(host_text, port_text))
         return decision
@@ -123,14 +147,21 @@ class Broker:
     # ---- connect ----------------------------------------------------------------------------
 
     async def connect(
-        self, req: p.Connect, policy: Policy, origin: Origin, audit: Audit
+        self,
+        req: p.Connect,
+        policy: Policy,
+        origin: Origin,
+        audit: Audit,
+        lookups: Lookups | None = None,
     ) -> socket.socket:
         """A socket connected (or, for -async, connecting) to an address the policy checked."""
-        decision = await self.decide("connect", req.host, req.port, policy, origin, audit)
+        decision = await self.decide("connect", req.host, req.port, policy, origin, audit, lookups)
         local: tuple[str, int] | None = None
         if req.myaddr or req.myport:
             # Binding a client to a local address is governed by the listen rules.
-            bind = await self.decide("listen", req.myaddr, req.myport or "0", policy, origin, audit)
+            bind = await self.decide(
+                "listen", req.myaddr, req.myport or "0", policy, origin, audit, lookups
+            )
             local = (str(bind.usable[0]), bind.port)
         last: OSError | None = None
         for address in decision.usable:
@@ -177,10 +208,15 @@ class Broker:
     # ---- listen -----------------------------------------------------------------------------
 
     async def listen(
-        self, req: p.Listen, policy: Policy, origin: Origin, audit: Audit
+        self,
+        req: p.Listen,
+        policy: Policy,
+        origin: Origin,
+        audit: Audit,
+        lookups: Lookups | None = None,
     ) -> tuple[list[socket.socket], list[list[str]]]:
         """Bound, listening, non-blocking sockets and Tcl's ``-sockname`` list for them."""
-        decision = await self.decide("listen", req.myaddr, req.port, policy, origin, audit)
+        decision = await self.decide("listen", req.myaddr, req.port, policy, origin, audit, lookups)
         wildcard = not req.myaddr
         addresses: list[IPAddress] = list(decision.usable[:1])
         if wildcard:
@@ -218,11 +254,7 @@ class Broker:
         addr, port = sock.getsockname()[:2]
         if ipaddress.ip_address(addr).is_unspecified:
             return [addr, addr, str(port)]
-        try:
-            name, _ = await self._loop.getnameinfo((addr, 0), socket.NI_NAMEREQD)
-        except OSError:
-            name = addr
-        return [addr, name, str(port)]
+        return [addr, await self.resolver.name_of(addr), str(port)]
 
     def accept_all(self, listener: socket.socket) -> list[tuple[socket.socket, str, int]]:
         """Accept every pending connection; (socket, peer address, peer port) each."""
@@ -262,7 +294,18 @@ def start_eagerly(
     except Exception as exc:  # reported as a failed task's would be; the caller goes on
         loop.call_exception_handler({"message": "request handler failed", "exception": exc})
         return None
-    return loop.create_task(_Resumed(coro, pending).wait())
+    task = loop.create_task(_Resumed(coro, pending).wait())
+    task.add_done_callback(_report_failure)
+    return task
+
+
+def _report_failure(task: asyncio.Task[None]) -> None:
+    # Retrieved here, so that a handler's bug is reported at once, never as a task exception
+    # "never retrieved" at garbage collection (the request handlers answer their own errors).
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        task.get_loop().call_exception_handler(
+            {"message": "request handler failed", "exception": exc, "task": task}
+        )
 
 
 class _Resumed:

@@ -57,8 +57,9 @@ class Enforcer:
             self._tclet.services.loop.call_later(HOG_WINDOW, self._first_look)
 
     def usage(self) -> Usage | None:
-        """The worker's resource use now; None before its launch."""
-        return self._meter.measure() if self._meter is not None else None
+        """The worker's resource use at the watchdog's last look (no /proc read: a status
+        request costs none); None before its launch."""
+        return self._meter.usage if self._meter is not None else None
 
     # ---- the watchdog's look ------------------------------------------------------------------
 
@@ -121,8 +122,14 @@ class Enforcer:
         if self._meter is None:
             return None
         tclet = self._tclet
+        worker = tclet.worker
         found = breach_from_death(
-            tclet.policy.limits, status, self._meter.usage, tclet.output.stderr_tail
+            tclet.policy.limits,
+            status,
+            self._meter.usage,
+            tclet.output.stderr_tail,
+            worker.oom_kills if worker is not None else 0,
+            worker.memory_peak if worker is not None else 0,
         )
         if found is not None:
             self._breached(found)

@@ -9,6 +9,7 @@ therefore imports nothing heavy (no asyncio, no zmq).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import sys
 import types
@@ -49,5 +50,21 @@ def start() -> None:
     from multiprocess import forkserver
 
     context()
+    _own_temp_dir()
     with no_main_module():
         forkserver.ensure_running()
+
+
+def _own_temp_dir() -> None:
+    """Give multiprocess (the fork server's listener) a locked run directory of ours instead of
+    its own ``pymp-*``, which it removes only at a clean exit: a killed host's is then reclaimed
+    by the next host like its other run directories (:mod:`tcletd.host.rundir`)."""
+    from multiprocess import process
+
+    from tcletd.host.rundir import RunDir
+
+    config = process.current_process()._config
+    if config.get("tempdir") is None:
+        run_dir = RunDir()
+        config["tempdir"] = str(run_dir.path)
+        atexit.register(run_dir.close)

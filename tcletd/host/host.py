@@ -10,11 +10,8 @@ the host as a whole holds at most ``max_workers`` tclets and ``max_sockets`` soc
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import secrets
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
@@ -23,8 +20,11 @@ from typing import Any, ParamSpec
 
 from tcletd.host.audit import AuditLog, TcletRecords
 from tcletd.host.broker import Broker
+from tcletd.host.cgroups import Cgroups
 from tcletd.host.hub import Hub
 from tcletd.host.quotas import HostFull, HostTotals, ceilings, workers_message
+from tcletd.host.resolver import Resolver, nameservers_from
+from tcletd.host.rundir import RunDir, reclaim
 from tcletd.host.supervisor import Supervisor
 from tcletd.host.tclet import Services, Tclet
 from tcletd.host.watchdog import PENALTY, PENALTY_LAUNCH, PenaltyBox, PenaltyHeld, Watchdog
@@ -32,19 +32,18 @@ from tcletd.policy import Origin, Policy, load_policy
 from tcletd.policy.master import MasterConfig, load_master
 from tcletd.policy.quantities import worker_limits
 from tcletd.shared import protocol as p
+from tcletd.shared.errors import ConfigError
 from tcletd.shared.launch import DEFAULT_SCRIPT_NAME, LaunchRequest
 from tcletd.shared.states import EXIT_TERMINATED, TcletResult
-from tcletd.shared.streams import write_own
+from tcletd.shared.streams import OwnWriter
 
 DEFAULT_POLICY = "home"
 # Host-wide totals; every tclet also has its own policy quotas (8 sockets under home).
 DEFAULT_MAX_WORKERS = 64
 DEFAULT_MAX_SOCKETS = 1024
-
-
-def _write_to(stream: str) -> Callable[[bytes], None]:
-    # A closed pipe raises here, and the tclet's stream is dropped (OutputRelay.drop).
-    return functools.partial(write_own, stream)
+# At close, seconds the host waits for a stalled reader of its own stdout/stderr to take the
+# output it accepted; a reader that takes nothing for that long loses the rest.
+OUTPUT_AT_EXIT = 5.0
 
 
 _P = ParamSpec("_P")
@@ -76,20 +75,34 @@ class Host:
         max_workers: int = DEFAULT_MAX_WORKERS,
         max_sockets: int = DEFAULT_MAX_SOCKETS,
         penalty: float = PENALTY,
+        policy_dir: str | Path | None = None,
+        cgroups: bool = True,
+        nameservers: Sequence[str] | None = None,
     ) -> None:
         """``grace``: seconds between SIGTERM and SIGKILL when the host ends a worker;
         ``penalty``: seconds a site whose tclet was ended at a limit stays in the penalty box,
-        where its tclets start demoted and at most one a second (0: no box)."""
+        where its tclets start demoted and at most one a second (0: no box); ``policy_dir``: the
+        operator's directory of policies (``NAME.toml``), named in launch requests beside the
+        shipped ones (and before them); ``cgroups``: run each worker in a cgroup of its own
+        (hard memory and pids limits, CPU weight) where the host may create one;
+        ``nameservers``: ``ADDR[:PORT]`` of the DNS servers for tclets' names (default
+        ``$TCLETD_NAMESERVERS``, else the system's); a bad one raises ValueError naming it."""
         if not penalty >= 0:
             raise ValueError(f"Host(penalty=...): seconds must be 0 or more, not {penalty!r}")
         self._penalty = penalty
+        self._nameservers = nameservers_from(nameservers)
+        self._cgroups = cgroups
+        self._policy_dir = None if policy_dir is None else Path(policy_dir)
+        if self._policy_dir is not None and not self._policy_dir.is_dir():
+            raise ConfigError("policy directory: not a directory", file=str(policy_dir))
         self._audit_path = audit
         self._master_path = master
         self._grace = grace
         self._totals = HostTotals(max_workers=max_workers, max_sockets=max_sockets)
         self._services: Services | None = None
         self._watchdog: Watchdog | None = None
-        self._run_dir: Path | None = None
+        self._run_dir: RunDir | None = None
+        self._own: dict[str, OwnWriter] = {}  # our stdout/stderr, once a tclet writes to them
 
     async def __aenter__(self) -> Host:
         self.start()
@@ -107,15 +120,16 @@ class Host:
         """Start the fork server, then the ROUTER: forks must precede any ZeroMQ context."""
         loop = asyncio.get_running_loop()
         master: MasterConfig = load_master(self._master_path)
-        supervisor = Supervisor(grace=self._grace)
+        groups = Cgroups.open() if self._cgroups else Cgroups(reason="turned off (cgroups=False)")
+        supervisor = Supervisor(grace=self._grace, cgroups=groups)
         supervisor.start()
-        self._run_dir = Path(tempfile.mkdtemp(prefix="tcletd-"))
-        self._run_dir.chmod(0o700)
-        hub = Hub(f"ipc://{self._run_dir}/hub", loop)
+        reclaim()  # what hosts killed before they could close left behind
+        self._run_dir = RunDir()
+        hub = Hub(f"ipc://{self._run_dir.path}/hub", loop)
         self._services = Services(
             loop=loop,
             hub=hub,
-            broker=Broker(loop),
+            broker=Broker(loop, Resolver(self._nameservers, loop=loop)),
             supervisor=supervisor,
             audit=AuditLog(self._audit_path),
             master=master,
@@ -132,14 +146,33 @@ class Host:
         tclets = list(self._services.tclets.values())
         await asyncio.gather(*(t.end("host closing", EXIT_TERMINATED) for t in tclets))
         await asyncio.gather(*(t.wait() for t in tclets))
+        await asyncio.gather(*(own.drain(OUTPUT_AT_EXIT) for own in self._own.values()))
+        for own in self._own.values():
+            own.close()
+        self._own.clear()
         if self._watchdog is not None:
             await self._watchdog.stop()
         await self._services.supervisor.shutdown()
         self._services.hub.close()
+        await self._services.broker.close()
         self._services.audit.close()
         if self._run_dir is not None:
-            shutil.rmtree(self._run_dir, ignore_errors=True)
+            self._run_dir.close()
+            self._run_dir = None
         self._services = None
+
+    @property
+    def cgroups(self) -> Cgroups | None:
+        """The workers' cgroups (``active``, and ``reason``: what is confirmed, or why they are
+        off); None before :meth:`start`."""
+        return self._services.supervisor.cgroups if self._services is not None else None
+
+    def _own_writer(self, stream: str) -> OwnWriter:
+        """This process's ``stream`` as a non-blocking sink, shared by the tclets that use it."""
+        assert self._services is not None
+        if stream not in self._own:
+            self._own[stream] = OwnWriter(stream, self._services.loop)
+        return self._own[stream]
 
     def status(self) -> list[dict[str, object]]:
         """One dict per running tclet: id, pid, policy, state, sockets, bytes_sent,
@@ -210,7 +243,8 @@ class Host:
             raise HostFull(workers_message(self._totals.max_workers))
         fixed = policy is not None or request.policy is not None
         if policy is None:
-            policy = load_policy(request.policy if request.policy is not None else DEFAULT_POLICY)
+            name = request.policy if request.policy is not None else DEFAULT_POLICY
+            policy = load_policy(name, self._policy_dir)
         policy = policy.with_overrides(*request.limits)
         tclet_id = secrets.token_hex(16)
         where = Origin.parse(request.origin)
@@ -229,16 +263,21 @@ class Host:
             **worker_limits(policy.quotas, policy.limits),
             **ceilings(policy, fixed, self._services.master, where, request.limits),
         )
+        defaults = (("stdout", on_stdout), ("stderr", on_stderr))
+        own = [self._own_writer(name) for name, given in defaults if given is None]
         tclet = Tclet(
             self._services,
             spec,
             policy,
             where,
             policy_fixed=fixed,
-            on_stdout=on_stdout or _write_to("stdout"),
-            on_stderr=on_stderr or _write_to("stderr"),
+            on_stdout=on_stdout or self._own_writer("stdout").write,
+            on_stderr=on_stderr or self._own_writer("stderr").write,
             overrides=request.limits,
         )
+        for writer in own:  # a stalled reader of ours holds the tclet's output (backpressure)
+            writer.watch(tclet.output)
+            tclet.output.unhold_at_end = True
         try:
             undo = self._services.penalties.admit_launch(where.site, time.monotonic())
         except PenaltyHeld as exc:

@@ -5,16 +5,18 @@ counts them against the output quota and keeps the last few of stderr, which nam
 worker that aborted (:func:`tcletd.host.watchdog.breach_from_death`).
 
 Fairness: the host reads one chunk of at most ``READ_CHUNK`` bytes per readiness event and hands
-it to the sink at once; it keeps no output queue. A worker that writes faster than the sink takes
-fills its socketpair, and its own blocking stdout pushes back on it alone (``hold``, which the
-resident host uses when its client reads slowly). A worker that keeps the host reading, more than
-``HOG_OUTPUT`` bytes within ``HOG_WINDOW``, is an output hog: the relay reports it once, the host
-demotes it like a CPU hog, and from then on, while other tclets run beside it, the relay reads
-a demoted worker's streams at most one chunk every ``PACED_READ`` seconds. An output flood then
-costs the host a bounded amount of work a second, and its worker spends its life blocked on a
-full socketpair instead of racing its neighbours for the cores (bench/bench_isolation.py). A
-tclet alone on its host has no neighbour to protect: its output goes at full speed (a lone
-`tcletd run` that prints 16 MiB would take 2.5 s paced instead of ~0.15 s).
+it to the sink at once; it keeps no output queue. A worker that writes faster than the sink
+takes fills its socketpair, and its own blocking stdout pushes back on it alone (``hold``: the
+resident host holds the relay while its client reads slowly, the embedded host while its own
+stdout or stderr is full, :class:`tcletd.shared.streams.OwnWriter`). A worker that keeps the
+host reading, more than ``HOG_OUTPUT`` bytes within ``HOG_WINDOW``, is an output hog: the relay
+reports it once, the host demotes it like a CPU hog, and from then on, while other tclets run
+beside it, the relay reads a demoted worker's streams at most one chunk every ``PACED_READ``
+seconds. An output flood then costs the host a bounded amount of work a second, and its worker
+spends its life blocked on a full socketpair instead of racing its neighbours for the cores
+(bench/bench_isolation.py). A tclet alone on its host has no neighbour to protect: its output
+goes at full speed (a lone `tcletd run` that prints 16 MiB would take 2.5 s paced instead of
+~0.15 s).
 """
 
 from __future__ import annotations
@@ -62,6 +64,11 @@ class OutputRelay:
         self._eof: dict[str, asyncio.Future[None]] = {}
         self._paused: dict[str, asyncio.TimerHandle] = {}  # paced streams between two reads
         self._held = False
+        # Set by an embedder whose sinks buffer (the embedded host's own stdout, bounded at its
+        # close): once the worker is gone, read its last bytes even while held, rather than
+        # wait out drained()'s timeout (a held wall=3s tclet ended at 6 s, 3 s after its kill).
+        self.unhold_at_end = False
+        self._final = False
         self._stopped = False
         self._paced = False
         self._window_start = 0.0
@@ -75,6 +82,8 @@ class OutputRelay:
 
     def hold(self, held: bool) -> None:
         """Stop (or go on) reading: a full sink blocks the worker's writes."""
+        if self._final:
+            return
         self._held = held
         self._follow()
 
@@ -97,6 +106,9 @@ class OutputRelay:
 
     async def drained(self, timeout: float) -> None:
         """Until both streams reached their end (the worker exited), or ``timeout``."""
+        if self.unhold_at_end:
+            self._final, self._held = True, False
+            self._follow()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*self._eof.values()), timeout)
 

@@ -11,6 +11,8 @@ output as the host reads it from the worker's socketpairs.
 - **connects_per_second**: connect requests the host admitted in the last second (a sliding 1 s
   window); a request refused by this quota is not counted, one refused by the policy is (a scan
   of closed ports is still a scan).
+- **lookups_per_second**: name lookups the host made for the tclet in the last second (a sliding
+  1 s window), counted only when the policy needed the name's addresses.
 - **bytes_sent / bytes_received**: from ``getsockopt(IPPROTO_TCP, TCP_INFO)`` on the host's
   duplicate, read by offset in Linux's ``struct tcp_info`` (``include/uapi/linux/tcp.h``, stable
   ABI since Linux 4.1): ``tcpi_bytes_acked`` (``__u64`` at byte 120: bytes the peer acknowledged,
@@ -160,6 +162,7 @@ class TcletQuotas:
         self.revoked = ""
         self.pacing = True
         self._connects: collections.deque[float] = collections.deque()
+        self._lookups: collections.deque[float] = collections.deque()
         self._refusals: collections.deque[float] = collections.deque()
         self._meters: dict[int, _Meter] = {}
         self._closed_sent = 0
@@ -201,6 +204,18 @@ class TcletQuotas:
         if len(window) >= limit:
             message = f"too many connects per second (limit {limit:g})"
             raise QuotaRefused("connects_per_second", limit, len(window), message)
+        window.append(now)
+
+    def admit_lookup(self, now: float) -> None:
+        """Count a name lookup in the sliding window, or refuse it without counting. Called
+        only when the policy needs the name's addresses (a denied name costs no lookup)."""
+        window = self._lookups
+        while window and window[0] <= now - CONNECT_WINDOW:
+            window.popleft()
+        limit = self.quotas.lookups_per_second
+        if len(window) >= limit:
+            message = f"too many lookups per second (limit {limit:g})"
+            raise QuotaRefused("lookups_per_second", limit, len(window), message)
         window.append(now)
 
     def refusal_pause(self, now: float) -> float:

@@ -13,6 +13,7 @@ host's loop.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import Sequence
@@ -20,9 +21,9 @@ from functools import partial
 from typing import TYPE_CHECKING, TypeAlias
 
 from tcletd.host.audit import TcletRecords
-from tcletd.host.broker import Audit, shut
+from tcletd.host.broker import Audit, os_error, shut
 from tcletd.host.quotas import QuotaRefused, grant_refusal, granted
-from tcletd.policy import load_policy
+from tcletd.policy import Decision, load_policy
 from tcletd.shared import protocol as p
 from tcletd.shared.errors import ConfigError, ProtocolViolation, RequestError
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from tcletd.host.tclet import Tclet
 
 Request: TypeAlias = p.Connect | p.Listen | p.RequestPolicy
+log = logging.getLogger(__name__)
 
 
 class Requests:
@@ -71,10 +73,23 @@ class Requests:
         except ProtocolViolation as exc:
             tclet.violation(str(exc))
             return
+        except Exception as exc:  # EMFILE from socket(), or a bug: answered, audited, contained
+            reply = self._failed(msg, exc)
         finally:
             self._in_flight = False
         if reply is not None and not tclet.services.hub.send(tclet.id, reply):
             tclet.violation("not reading its replies")
+
+    def _failed(self, msg: Request, exc: Exception) -> p.HostMessage:
+        """The error reply to a request whose handling raised unexpectedly (audited as
+        ``error``): the tclet gets a Tcl error, as Tcl's own ``socket`` gives on EMFILE."""
+        try:
+            self._audit("error", request=type(msg).__name__.lower(), error=repr(exc)[:400])
+        except Exception:  # the log's own trouble (a full disk) must not cost the tclet its reply
+            log.exception("audit: recording a failed request failed")
+        log.warning("tclet %s: %s request failed: %r", self._tclet.id[:8], type(msg).__name__, exc)
+        err = os_error(exc) if isinstance(exc, OSError) else RequestError("internal host error")
+        return p.Denied(req=msg.req, message=err.message, errorcode=list(err.errorcode))
 
     async def _handle(self, msg: Request) -> p.HostMessage | None:
         """The reply to send; None when it already left with a descriptor."""
@@ -83,7 +98,7 @@ class Requests:
             self._admit(msg)
             try:
                 sock = await tclet.services.broker.connect(
-                    msg, tclet.policy, tclet.origin, self._decided(msg)
+                    msg, tclet.policy, tclet.origin, self._decided(msg), self
                 )
                 tclet.quotas.check_revoked()  # a byte quota may have been hit meanwhile
             except BaseException:
@@ -95,7 +110,7 @@ class Requests:
             self._admit(msg)
             try:
                 socks, sockname = await tclet.services.broker.listen(
-                    msg, tclet.policy, tclet.origin, self._decided(msg)
+                    msg, tclet.policy, tclet.origin, self._decided(msg), self
                 )
             except BaseException:
                 tclet.quotas.free_slot()
@@ -125,7 +140,20 @@ class Requests:
     def _decided(self, msg: p.Connect | p.Listen) -> Audit:
         action = "connect" if isinstance(msg, p.Connect) else "listen"
         host = msg.host if isinstance(msg, p.Connect) else msg.myaddr
-        return lambda d, why: self._audit.decision(action, host, msg.port, d, why)
+
+        def decided(d: Decision | None, why: str, lookup_ms: float | None = None) -> None:
+            self._audit.decision(action, host, msg.port, d, why, lookup_ms)
+
+        return decided
+
+    def admit_lookup(self, action: str, host: str, port: str) -> None:
+        """The broker is about to look a name up for this tclet (its key for the one-lookup-in-
+        flight rule is this object): count it against the quota, or audit the refusal."""
+        try:
+            self._tclet.quotas.admit_lookup(time.monotonic())
+        except QuotaRefused as exc:
+            self._audit.refused(exc, action, host, port)
+            raise
 
     def _request_policy(self, msg: p.RequestPolicy) -> p.HostMessage:
         tclet, name = self._tclet, msg.name
@@ -146,6 +174,8 @@ class Requests:
             raise RequestError(f'policy "{name}" cannot be loaded') from None
         tclet.policy, self.policy_fixed = policy, True
         tclet.quotas.quotas = policy.quotas
+        if tclet.worker is not None:  # the kernel's memory limit follows (the RSS poll does)
+            tclet.services.supervisor.follow_memory(tclet.worker, int(policy.limits.memory))
         self._audit("policy", requested=name, decision="granted")
         return granted(msg.req, policy)
 

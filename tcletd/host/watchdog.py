@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import logging
+import os
 import re
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -214,6 +216,44 @@ class Sample:
     sleeps: int
 
 
+OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
+
+
+class FdReserve:
+    """Descriptors held back (on /dev/null) for the watchdog's ``/proc`` reads.
+
+    A tclet that floods the host with connections can take every descriptor the host may open;
+    psutil then fails with EMFILE on each look and, without the reserve, no limit was measured
+    (a wall=5s tclet ran 17 s). Released only for one read, synchronously, and taken back at once:
+    nothing else in the loop runs in between to take them.
+    """
+
+    def __init__(self, count: int = 4) -> None:
+        self._count = count
+        self._fds: list[int] = []
+
+    def take(self) -> None:
+        """Hold ``count`` descriptors (as many as can be had now; the rest at the next call)."""
+        while len(self._fds) < self._count:
+            try:
+                self._fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                return
+
+    @contextlib.contextmanager
+    def spent(self) -> Iterator[None]:
+        """Free the reserve for the body, then take it back."""
+        while self._fds:
+            os.close(self._fds.pop())
+        try:
+            yield
+        finally:
+            self.take()
+
+
+RESERVE = FdReserve()
+
+
 class Meter:
     """Measures one worker process; quiet once it is gone."""
 
@@ -228,19 +268,31 @@ class Meter:
             self._proc = None
 
     def measure(self) -> Usage:
+        """The worker's use now; the last one known when even the reserve cannot read it."""
         if self._proc is not None:
             try:
-                with self._proc.oneshot():
-                    times = self._proc.cpu_times()
-                    rss = self._proc.memory_info().rss
-                    sleeps = self._proc.num_ctx_switches().voluntary
+                try:
+                    self._read()
+                except OSError as exc:
+                    if exc.errno not in OUT_OF_FDS:
+                        raise
+                    with RESERVE.spent():  # the host is out of descriptors: read on the reserve
+                        self._read()
             except psutil.Error:
                 self._proc = None  # gone (or pid reused): the sentinel will tell the rest
-            else:
-                self.usage = Usage(times.user + times.system, rss)
-                ran, awake = self._main_thread(self.usage.cpu)
-                self._last = Sample(time.monotonic(), ran, awake, sleeps)
+            except OSError:  # still none to read with: the limits go on from the last known use
+                log.warning("watchdog: cannot read /proc (out of descriptors)")
         return self.usage
+
+    def _read(self) -> None:
+        assert self._proc is not None
+        with self._proc.oneshot():
+            times = self._proc.cpu_times()
+            rss = self._proc.memory_info().rss
+            sleeps = self._proc.num_ctx_switches().voluntary
+        self.usage = Usage(times.user + times.system, rss)
+        ran, awake = self._main_thread(self.usage.cpu)
+        self._last = Sample(time.monotonic(), ran, awake, sleeps)
 
     def _main_thread(self, cpu: float) -> tuple[float, float]:
         """Seconds the main thread ran and was awake (ns precision; /proc/PID/stat counts 10 ms
@@ -294,7 +346,12 @@ _ALLOC_PANIC = re.compile(rb"unable to (?:re)?alloc [0-9]+ bytes\n?\Z")
 
 
 def breach_from_death(
-    limits: Limits, status: int, usage: Usage, stderr_tail: bytes
+    limits: Limits,
+    status: int,
+    usage: Usage,
+    stderr_tail: bytes,
+    oom_kills: int = 0,
+    memory_peak: int = 0,
 ) -> Breach | None:
     """Which limit's backstop in the worker killed it, if one did (attribution, not enforcement).
 
@@ -302,8 +359,13 @@ def breach_from_death(
     RLIMIT_CPU ends it with SIGXCPU; RLIMIT_AS makes an allocation fail, and Tcl panics with
     ``unable to alloc N bytes`` and aborts (a doubling string reaches the address-space cap
     between two watchdog looks). The panic text comes from the untrusted side, but only names
-    the death of a worker that did abort; it never ends or spares one.
+    the death of a worker that did abort; it never ends or spares one. A burst that outruns the
+    RSS poll meets the worker's cgroup (:mod:`tcletd.host.cgroups`): the kernel OOM-kills it
+    (SIGKILL) and counts the kill in the cgroup (``oom_kills``, read by the host, not told by
+    the worker); ``memory_peak`` is the most the cgroup was charged.
     """
+    if limits.memory and oom_kills and status == 128 + signal.SIGKILL:
+        return breach("memory", limits.memory, max(usage.rss, memory_peak), "cgroup")
     if limits.cpu and status == 128 + signal.SIGXCPU:
         return breach("cpu", limits.cpu, usage.cpu, "backstop")
     if limits.memory and status == 128 + signal.SIGABRT and _ALLOC_PANIC.search(stderr_tail):
@@ -321,6 +383,7 @@ class Watchdog:
         self._cursor = 0
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        RESERVE.take()
         self._task = loop.create_task(self._run(), name="tcletd-watchdog")
 
     async def stop(self) -> None:

@@ -1,11 +1,13 @@
 """The policy engine: compiled rules and the allow/deny decision (host side).
 
 Pure: no sockets, no DNS, no clock, no files (:mod:`tcletd.policy.store` loads them). The host
-canonicalises a tclet's request with :mod:`tcletd.policy.addresses`, resolves names itself, and
-asks :meth:`Policy.decide`, which checks the name and every resolved address and says which
-addresses the host may use. The decision rule is the Tcl plugin's: allowed iff some ``allow``
-rule of the action matches and no ``disallow`` rule does, so rule order never matters and an
-action without ``allow`` rules denies everything.
+canonicalises a tclet's request with :mod:`tcletd.policy.addresses`, asks
+:meth:`Policy.needs_addresses` whether the name must be looked up at all (never when no allow
+rule could match it), resolves names itself only then, and asks :meth:`Policy.decide`, which
+checks the name and every resolved address and says which addresses the host may use. The
+decision rule is the Tcl plugin's: allowed iff some ``allow`` rule of the action matches and no
+``disallow`` rule does, so rule order never matters and an action without ``allow`` rules denies
+everything.
 """
 
 from __future__ import annotations
@@ -87,11 +89,13 @@ class _Index:
     """The rules of one action and kind, indexed so that matching a target costs a few dict
     lookups rather than a loop over every rule and every network (the 20 us budget)."""
 
-    __slots__ = ("any", "globs", "names", "nets", "rules")
+    __slots__ = ("any", "by_addresses", "globs", "names", "nets", "rules")
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = tuple(rules)
         self.any = tuple(r for r in rules if r.host.kind == ANY)
+        # Rules that can match an address: `*`, addresses, CIDRs and classes.
+        self.by_addresses = tuple(r for r in rules if r.host.kind not in (NAME, GLOB))
         self.globs = tuple(r for r in rules if r.host.kind == GLOB)
         self.names: dict[str, tuple[Rule, ...]] = {}
         nets: dict[tuple[int, int], dict[int, tuple[Rule, ...]]] = {}
@@ -105,6 +109,12 @@ class _Index:
             version: tuple((m, t) for (v, m), t in nets.items() if v == version)
             for version in (4, 6)
         }
+
+    def any_by_address(self, port: int) -> bool:
+        for r in self.by_addresses:  # noqa: SIM110 (a loop: any() costs a generator's call)
+            if r.low <= port <= r.high:
+                return True
+        return False
 
     # Plain loops rather than comprehensions: each comprehension is a function call, and these
     # run several times per decision.
@@ -214,6 +224,27 @@ class Policy:
         for text in overrides:
             quotas, limits = parse_limit_override(text, quotas, limits)
         return Policy(replace(self.document, quotas=quotas, limits=limits))
+
+    def needs_addresses(self, action: str, host: CanonicalHost, port: int, origin: Origin) -> bool:
+        """Whether deciding on ``host`` needs its addresses: False when the answer is the same
+        whatever the name resolves to, so the host must not look it up (a lookup of a name the
+        policy denies anyway leaks the name to the resolver). An address literal needs none.
+
+        Needed only when an allow rule could match: one over addresses (``*``, an address, a
+        CIDR or a class) whose port word covers ``port``, or a name or glob rule matching the
+        name (then the disallow rules over addresses still need them). A disallow matching the
+        name, a bad port or no such allow rule decide without them: :meth:`decide` with no
+        addresses gives the same denial.
+        """
+        if host.ip is not None:
+            return False
+        act = action if action in ACTIONS else action_spec(action).name
+        if not (0 <= port <= 65535) or (port == 0 and not ACTIONS[act].port_zero):
+            return False
+        sec = self._for_origin(origin)[act]
+        if sec.disallow.by_name(host.text, port, []):
+            return False
+        return sec.allow.any_by_address(port) or bool(sec.allow.by_name(host.text, port, []))
 
     def decide(
         self,

@@ -11,7 +11,10 @@ units in :mod:`tcletd.policy.quantities`; this module knows only the file format
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,14 +129,63 @@ def locate_lines(text: str) -> dict[str, int]:
     return lines
 
 
-def read_toml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
-    """The parsed document and its line map; UnreadableError for I/O or TOML syntax errors."""
+# A configuration file larger than this is refused unread: the shipped policies are under 4 KiB,
+# and a host that read /dev/zero as a policy grew by 1.1 GB in a second.
+MAX_CONFIG_BYTES = 1024 * 1024
+# Opened without following a last-component symlink and without waiting: a FIFO opened for
+# reading blocks until a writer comes (it froze the resident host's loop), unless O_NONBLOCK.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def read_config_text(path: str | Path) -> str:
+    """A configuration file's text: only a regular file of at most MAX_CONFIG_BYTES, read
+    without blocking on what it turns out to be (a FIFO, device or directory is refused after
+    ``fstat``, before any read); UnreadableError says why not."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise UnreadableError(f"cannot read: {reason}", file=str(path)) from None
-    return parse_toml(text, str(path))
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnreadableError("cannot read: a symbolic link", file=str(path)) from None
+        raise UnreadableError(f"cannot read: {exc.strerror or exc}", file=str(path)) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = _KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
+            raise UnreadableError(f"cannot read: {kind}, not a regular file", file=str(path))
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_CONFIG_BYTES:  # the size fstat gave can change while we read
+            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_CONFIG_BYTES:
+            raise UnreadableError(
+                f"cannot read: larger than {MAX_CONFIG_BYTES} bytes", file=str(path)
+            )
+        return b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UnreadableError(f"cannot read: {exc}", file=str(path)) from None
+    except OSError as exc:
+        raise UnreadableError(f"cannot read: {exc.strerror or exc}", file=str(path)) from None
+    finally:
+        os.close(fd)
+
+
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def read_toml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """The parsed document and its line map; UnreadableError for I/O or TOML syntax errors, and
+    for anything but a regular file of at most MAX_CONFIG_BYTES (:func:`read_config_text`)."""
+    return parse_toml(read_config_text(path), str(path))
 
 
 def parse_toml(text: str, file: str) -> tuple[dict[str, Any], dict[str, int]]:

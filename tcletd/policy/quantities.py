@@ -152,6 +152,12 @@ SETTINGS: dict[str, Setting] = {
             "host (counted as it reads; the tclet is ended)",
         ),
         Setting(
+            "lookups_per_second", "quotas", float, _per_second, "per second", 1e-9, 5.0,
+            "number (> 0), `/s` optional",
+            "name lookups the host makes for it in any one second", "lookups_per_second=2",
+            "host (a sliding one-second window; counts only lookups the policy needed)",
+        ),
+        Setting(
             "cpu", "limits", float, parse_duration, "seconds", 1e-3, 10.0,
             "duration (> 0)",
             "CPU seconds", "cpu=5s",

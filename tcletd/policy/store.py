@@ -1,6 +1,10 @@
-"""Loading policies: the shipped ones by name, an operator's by path, or TOML text (host side).
+"""Loading policies: the shipped ones by name, an operator's by name (from the operator's policy
+directory) or by path, or TOML text (host side).
 
-The only part of the policy package that reads files. Compiled policies are cached by path,
+The only part of the policy package that reads policy files, and only regular files of bounded
+size, without blocking (:func:`tcletd.policy.files.read_config_text`). A path is the operator's
+word (the API, ``tcletd run --policy FILE``); a resident host's client may only name a policy
+(:func:`tcletd.shared.launch.decode_run` refuses a path). Compiled policies are cached by path,
 modification time and size, so a launch does not re-read and re-compile an unchanged file.
 """
 
@@ -23,29 +27,57 @@ def policy_dir() -> Path:
     return installed if installed.is_dir() else package.parent / "policies"
 
 
-def known_policies() -> tuple[str, ...]:
-    """Names of the shipped policies, sorted (the master config is not a policy)."""
-    return tuple(sorted(p.stem for p in policy_dir().glob("*.toml") if p.stem != "master"))
+NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+
+
+def _names(directory: Path) -> set[str]:
+    try:
+        return {p.stem for p in directory.glob("*.toml") if NAME.fullmatch(p.stem)}
+    except OSError:
+        return set()
+
+
+def known_policies(directory: str | Path | None = None) -> tuple[str, ...]:
+    """Names of the shipped policies and of those in the operator's ``directory``, sorted (the
+    master config is not a policy)."""
+    names = _names(policy_dir())
+    if directory is not None:
+        names |= _names(Path(directory))
+    return tuple(sorted(names - {"master"}))
+
+
+def is_policy_path(name: str | Path) -> bool:
+    """Whether ``name`` is a path rather than a policy's name: a Path, or text with ``/`` or
+    ending in ``.toml``."""
+    text = str(name)
+    return isinstance(name, Path) or "/" in text or text.endswith(".toml")
 
 
 _loaded: dict[tuple[str, int, int], Policy] = {}
 
 
-def load_policy(name: str | Path) -> Policy:
-    """A shipped policy by name (``home``) or a policy file by path (anything with ``/`` or
-    ending in ``.toml``). UnknownPolicyError lists the known names; ConfigError says where."""
+def load_policy(name: str | Path, directory: str | Path | None = None) -> Policy:
+    """A policy by name (``home``: the operator's ``directory`` first, then the shipped ones) or a
+    policy file by path (:func:`is_policy_path`). UnknownPolicyError lists the known names;
+    ConfigError says where."""
     text = str(name)
-    if isinstance(name, Path) or "/" in text or text.endswith(".toml"):
+    path: Path | None = None
+    if is_policy_path(name):
         path = Path(name)
-    elif re.fullmatch(r"[a-z][a-z0-9_-]{0,63}", text) and text in known_policies():
-        path = policy_dir() / f"{text}.toml"
-    else:
+    elif NAME.fullmatch(text) and text != "master":
+        for home in (directory, policy_dir()):
+            if home is not None and (Path(home) / f"{text}.toml").exists():
+                path = Path(home) / f"{text}.toml"
+                break
+    if path is None:
         raise UnknownPolicyError(
-            f'unknown policy "{text}"; known policies: {", ".join(known_policies())}'
+            f'unknown policy "{text[:80]}"; known policies: {", ".join(known_policies(directory))}'
         )
+    # Keyed by the path as named and its own lstat, never what a link points to: a symlink to a
+    # policy already loaded must still reach the reader, which refuses links.
     try:
-        stat = path.stat()
-        cache_key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        stat = path.lstat()
+        cache_key = (str(path.absolute()), stat.st_ino, stat.st_mtime_ns, stat.st_size)
     except OSError:
         cache_key = None
     if cache_key is not None and cache_key in _loaded:

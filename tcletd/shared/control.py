@@ -60,7 +60,11 @@ def run_header(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 class FrameReader:
-    """Incremental frame parser for both ends; ``max_payload`` bounds what the peer may send."""
+    """Incremental frame parser for both ends; ``max_payload`` bounds what the peer may send.
+
+    :meth:`push` buffers bytes and :meth:`next` takes one frame at a time, so that a reader may
+    stop after a few frames and take the rest later (the host handles a bounded number of a
+    connection's frames per loop turn); :meth:`feed` does both until no frame is complete."""
 
     def __init__(self, max_payload: int) -> None:
         self._buf = bytearray()
@@ -68,25 +72,47 @@ class FrameReader:
         self._need = 0
         self._max_payload = max_payload
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held: a frame's start not yet complete, and frames not yet taken."""
+        return len(self._buf)
+
+    @property
+    def partial(self) -> bool:
+        """Whether a frame has begun and is not yet taken."""
+        return self._header is not None or bool(self._buf)
+
+    def push(self, data: bytes) -> None:
+        self._buf += data
+
+    def next(self) -> Frame | None:
+        """The next complete frame, or None; raises FrameError on a bad one."""
+        if self._header is None:
+            end = self._buf.find(b"\n", 0, MAX_HEADER + 1)
+            if end < 0:
+                if len(self._buf) > MAX_HEADER:
+                    raise FrameError(f"frame header longer than {MAX_HEADER} bytes")
+                return None
+            self._header = self._parse_header(bytes(self._buf[:end]))
+            del self._buf[: end + 1]
+            self._need = self._header.get("size", 0)
+        if len(self._buf) < self._need:
+            return None
+        payload = bytes(self._buf[: self._need])
+        del self._buf[: self._need]
+        header, self._header = self._header, None
+        return header, payload
+
+    def clear(self) -> None:
+        """Forget every byte held (the connection is failing)."""
+        self._buf = bytearray()
+        self._header = None
+
     def feed(self, data: bytes) -> Iterator[Frame]:
         """Frames completed by ``data``; raises FrameError on the first bad one."""
-        self._buf += data
-        while True:
-            if self._header is None:
-                end = self._buf.find(b"\n", 0, MAX_HEADER + 1)
-                if end < 0:
-                    if len(self._buf) > MAX_HEADER:
-                        raise FrameError(f"frame header longer than {MAX_HEADER} bytes")
-                    return
-                self._header = self._parse_header(bytes(self._buf[:end]))
-                del self._buf[: end + 1]
-                self._need = self._header.get("size", 0)
-            if len(self._buf) < self._need:
-                return
-            payload = bytes(self._buf[: self._need])
-            del self._buf[: self._need]
-            header, self._header = self._header, None
-            yield header, payload
+        self.push(data)
+        while (frame := self.next()) is not None:
+            yield frame
 
     def _parse_header(self, line: bytes) -> dict[str, Any]:
         try:

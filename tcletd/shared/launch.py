@@ -25,9 +25,10 @@ DEFAULT_SCRIPT_NAME = "tclet.tcl"
 
 class LaunchRequest(msgspec.Struct, frozen=True, kw_only=True):
     """One tclet to start: its script, the name it runs under (its argv0), its ``policy`` (a
-    shipped policy's name or a TOML file's path; None: the host's default, which the tclet may
-    ask to change), its ``origin`` URL (None: no origin), its ``argv``, its ``embed_args``, and
-    ``limits``: ``NAME=VALUE`` overrides of the policy's quotas and limits."""
+    policy's name; or a TOML file's path, from the operator's own API or CLI only: a run frame
+    may not carry one; None: the host's default, which the tclet may ask to change), its
+    ``origin`` URL (None: no origin), its ``argv``, its ``embed_args``, and ``limits``:
+    ``NAME=VALUE`` overrides of the policy's quotas and limits."""
 
     script: str
     script_name: str = DEFAULT_SCRIPT_NAME
@@ -56,9 +57,17 @@ def decode_run(header: dict[str, object], payload: bytes) -> LaunchRequest:
         raise RequestInvalid(f"run request: script: not UTF-8 ({exc.reason})") from None
     fields = {**header, "script": script}
     try:
-        return msgspec.convert(fields, LaunchRequest)
+        request = msgspec.convert(fields, LaunchRequest)
     except msgspec.ValidationError:
         raise RequestInvalid(f"run request: {_first_invalid(fields)}") from None
+    policy = request.policy
+    if policy is not None and ("/" in policy or policy.endswith(".toml")):
+        # A path would have the host open a file its client chose (a FIFO froze its loop).
+        raise RequestInvalid(
+            "run request: policy: expected the name of a policy the host knows (shipped or in"
+            f" its policy directory), not a path: {policy[:200]!r}"
+        )
+    return request
 
 
 def _first_invalid(fields: dict[str, object]) -> str:

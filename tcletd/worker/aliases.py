@@ -1,4 +1,5 @@
-"""The master-side code behind the tclet's aliases: Tcl procs and the ``socket`` argument parser.
+"""The master-side code behind the tclet's aliases: Tcl procs (``socket``'s arguments are read by
+:mod:`tcletd.worker.sockargs`).
 
 Everything here runs in the worker's master interpreter, on arguments the untrusted tclet chose:
 the procs only ever build commands with ``list``/``{*}``, never by string concatenation.
@@ -19,94 +20,7 @@ Aliases installed in the tclet (``<slave>`` is its path in the master):
 
 from __future__ import annotations
 
-import re
-
-__all__ = ["MASTER_TCL", "SOCKET_USAGE", "TclCommandError", "parse_socket_args"]
-
-
-class TclCommandError(Exception):
-    """A Tcl error for the tclet: exactly ``message`` with ``-errorcode`` ``errorcode``."""
-
-    def __init__(self, message: str, errorcode: tuple[str, ...] = ("NONE",)) -> None:
-        super().__init__(message)
-        self.message = message
-        self.errorcode = errorcode
-
-
-SOCKET_USAGE = (
-    'wrong # args: should be "socket ?-myaddr addr? ?-myport myport? ?-async? host port"'
-    ' or "socket -server command ?-myaddr addr? port"'
-)
-
-_ZERO = re.compile(r"\s*[+-]?(?:0[xXoObBdD])?0+\s*\Z")
-
-
-class SocketArgs:
-    """``socket``'s arguments as Tcl_SocketObjCmd (8.6.13) reads them; ports stay strings."""
-
-    __slots__ = ("asynchronous", "command", "host", "myaddr", "myport", "port", "server")
-
-    def __init__(self) -> None:
-        self.server = False
-        self.command = ""
-        self.asynchronous = False
-        self.myaddr = ""
-        self.myport = ""
-        self.host = ""
-        self.port = ""
-
-
-def parse_socket_args(args: tuple[str, ...] | list[str]) -> SocketArgs:
-    """Parse like tclsh 8.6.13, with its messages; raises :class:`TclCommandError`.
-
-    Port values are not interpreted here (the host canonicalises and checks them), except that a
-    server's ``-myport`` must be zero, as in Tcl.
-    """
-    out = SocketArgs()
-    wrong = TclCommandError(SOCKET_USAGE, ("TCL", "WRONGARGS"))
-    n = len(args)
-    a = 0
-    while a < n:
-        arg = args[a]
-        if not arg.startswith("-"):
-            break
-        if arg == "-async":
-            if out.server:
-                raise TclCommandError("cannot set -async option for server sockets")
-            out.asynchronous = True
-        elif arg in ("-myaddr", "-myport", "-server"):
-            if arg == "-server" and out.asynchronous:
-                raise TclCommandError("cannot set -async option for server sockets")
-            a += 1
-            if a >= n:
-                raise TclCommandError(f"no argument given for {arg} option")
-            if arg == "-myaddr":
-                out.myaddr = args[a]
-            elif arg == "-myport":
-                out.myport = args[a]
-            else:
-                out.server = True
-                out.command = args[a]
-        else:
-            raise TclCommandError(
-                f'bad option "{arg}": must be -async, -myaddr, -myport, or -server',
-                ("TCL", "LOOKUP", "INDEX", "option", arg),
-            )
-        a += 1
-    if out.server:
-        if out.myport and not _ZERO.match(out.myport):
-            raise TclCommandError("option -myport is not valid for servers")
-        out.myport = ""
-    elif a < n:
-        out.host = args[a]
-        a += 1
-    else:
-        raise wrong
-    if a != n - 1:
-        raise wrong
-    out.port = args[a]
-    return out
-
+__all__ = ["MASTER_TCL"]
 
 # The master's procs. ``hidden`` is the list of fconfigure options the tclet may not see.
 MASTER_TCL = r"""

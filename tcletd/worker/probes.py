@@ -6,7 +6,9 @@ Worker side of the trust boundary, but never reachable by a tclet: a probe is ch
 control frame and no API keyword; only tests that drive a :class:`tcletd.host.supervisor.
 Supervisor` themselves set it. A probe runs after the whole sandbox is in place, exactly where
 the tclet's script would start, prints one line ``PROBE <name> <outcome>`` on stdout and exits 0
-(or dies trying: that is a result too).
+(or dies trying: that is a result too). A probe that starts with
+:data:`tcletd.worker.seccomp.SKIP_WORD` runs without the seccomp filter, to prove the layers
+under it alone.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import os
 import socket
 import sys
 from collections.abc import Callable
+
+from tcletd.worker.seccomp import SKIP_WORD
 
 
 def _connect(args: list[str]) -> str:
@@ -36,12 +40,49 @@ def _connect(args: list[str]) -> str:
     return "connected"
 
 
+def _unix(args: list[str]) -> str:
+    """``unix PATH``: a Unix socket the worker makes itself, connected to a pathname socket."""
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError as exc:
+        return f"socket-failed {errno.errorcode.get(exc.errno or 0, exc.errno)}"
+    try:
+        sock.settimeout(2.0)
+        sock.connect(args[0])
+    except OSError as exc:
+        return f"connect-failed {errno.errorcode.get(exc.errno or 0, exc.errno)}"
+    finally:
+        sock.close()
+    return "connected"
+
+
 def _exec(args: list[str]) -> str:
     """``exec PATH``: replace the worker with another program."""
     try:
         os.execv(args[0], [args[0]])  # noqa: S606  (the probe is the attempt itself)
     except OSError as exc:
         return f"exec-failed {errno.errorcode.get(exc.errno or 0, exc.errno)}"
+
+
+def _kill(args: list[str]) -> str:
+    """``kill PID|self``: signal 0 (existence and permission only) to a process."""
+    pid = os.getpid() if args[0] == "self" else int(args[0])
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return f"kill-failed {errno.errorcode.get(exc.errno or 0, exc.errno)}"
+    return "killed"
+
+
+def _layers(_args: list[str]) -> str:
+    """``layers``: this worker's network namespace (inode) and seccomp state, from the kernel."""
+    status = {}
+    with open("/proc/self/status", "rb") as lines:
+        for line in lines:
+            key, _, value = line.decode("ascii", "replace").partition(":")
+            status[key] = value.strip()
+    ns = os.stat("/proc/self/ns/net").st_ino
+    return f"netns={ns} seccomp={status.get('Seccomp')} filters={status.get('Seccomp_filters')}"
 
 
 def _alloc(args: list[str]) -> str:
@@ -54,9 +95,40 @@ def _alloc(args: list[str]) -> str:
     return f"allocated {sum(len(c) for c in chunks)}"
 
 
+def _threads(args: list[str]) -> str:
+    """``threads N``: start up to N threads that sleep; how many started and how many the
+    process ran before (its runtime's own), or the error that stopped it."""
+    import threading
+
+    before = len(os.listdir("/proc/self/task"))
+    stop = threading.Event()
+    started = 0
+    outcome = "all"
+    try:
+        for _ in range(int(args[0])):
+            threading.Thread(target=stop.wait, daemon=True).start()
+            started += 1
+    except (RuntimeError, OSError) as exc:  # "can't start new thread": EAGAIN from clone()
+        outcome = f"failed {type(exc).__name__}"
+    finally:
+        stop.set()
+    return f"started {started} before {before} {outcome}"
+
+
+def _cgroup(_args: list[str]) -> str:
+    """``cgroup``: this process's cgroups as the kernel lists them (``/proc/self/cgroup``)."""
+    with open("/proc/self/cgroup", encoding="ascii") as f:
+        return " ".join(line.strip() for line in f)
+
+
 PROBES: dict[str, Callable[[list[str]], str]] = {
+    "threads": _threads,
+    "cgroup": _cgroup,
     "connect": _connect,
     "exec": _exec,
+    "unix": _unix,
+    "kill": _kill,
+    "layers": _layers,
     "alloc": _alloc,
 }
 
@@ -64,6 +136,8 @@ PROBES: dict[str, Callable[[list[str]], str]] = {
 def run(probe: str) -> int:
     """Run ``probe`` (``NAME ARG...``); print its outcome; the worker's exit status."""
     name, *args = probe.split()
+    if name == SKIP_WORD:
+        name, *args = args
     outcome = PROBES[name](args)
     sys.stdout.write(f"PROBE {name} {outcome}\n")
     sys.stdout.flush()

@@ -21,7 +21,7 @@ backstops for when it cannot be fast enough):
   ``open |cmd``) and ``load`` are hidden in the tclet and in every interpreter it creates, and
   nothing reaches Python. Belt and braces: ``RLIMIT_NPROC`` 0 (fork and thread creation fail
   with ``EAGAIN`` for a non-root uid; root is exempt) and ``PR_SET_NO_NEW_PRIVS`` (an exec
-  could never gain privileges). No seccomp filter is loaded.
+  could never gain privileges).
 - ``RLIMIT_NOFILE`` when ``spec.nofile`` > 0: the limit is chosen so that exactly
   ``spec.nofile + FD_HEADROOM`` descriptor slots are free when it is applied (everything the
   worker holds at that moment stays usable). ``spec.nofile`` is therefore the number of
@@ -34,6 +34,9 @@ backstops for when it cannot be fast enough):
   ended for its memory limit. Allocation failure makes Tcl panic (``SIGABRT``; no core).
 - ``RLIMIT_CPU`` when ``spec.cpu`` > 0: soft ``ceil(cpu) + 1`` s (``SIGXCPU``), hard
   ``ceil(cpu) + 2`` s (``SIGKILL``), counted over the process's whole CPU time.
+- Last, the seccomp filter (:mod:`tcletd.worker.seccomp`), on every thread. The network
+  namespace (:mod:`tcletd.worker.netns`) was entered at the worker's start, before any thread
+  existed; :class:`Applied` reports both as the kernel confirmed them.
 
 :func:`selftest` (and ``python -m tcletd.worker.sandbox``) applies a sample sandbox in a forked
 child and returns what it applied and what the kernel then reports: for ``tcletd doctor``.
@@ -50,6 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tcletd.shared.protocol import WorkerSpec
+from tcletd.worker import netns, seccomp
 
 __all__ = [
     "FD_HEADROOM",
@@ -94,6 +98,8 @@ class Applied:
     dumpable: bool = True
     no_new_privs: bool = False
     notes: list[str] = field(default_factory=list)
+    network: netns.Layer | None = None
+    filter: netns.Layer | None = None
 
     def describe(self) -> list[str]:
         """One line per setting, for ``tcletd doctor`` and logs."""
@@ -101,6 +107,10 @@ class Applied:
         lines.append(f"dumpable: {int(self.dumpable)}")
         lines.append(f"no_new_privs: {int(self.no_new_privs)}")
         lines.extend(f"note: {n}" for n in self.notes)
+        if self.network is not None:
+            lines.append(self.network.line("network namespace"))
+        if self.filter is not None:
+            lines.append(self.filter.line("seccomp"))
         return lines
 
 
@@ -198,6 +208,11 @@ def apply(spec: WorkerSpec) -> Applied:
     if _prctl(_PR_SET_DUMPABLE, 0) != 0:
         applied.notes.append(f"PR_SET_DUMPABLE failed: errno {ctypes.get_errno()}")
     applied.dumpable = _prctl(_PR_GET_DUMPABLE, 0) != 0  # what the kernel says, not what we asked
+    applied.network = netns.state
+    if spec.probe.split()[:1] == [seccomp.SKIP_WORD]:
+        applied.filter = netns.Layer(False, "skipped by a test probe")
+    else:
+        applied.filter = seccomp.load()  # last: after NO_NEW_PRIVS, every thread exists
     return applied
 
 
@@ -260,8 +275,10 @@ def read_limits(pid: int | str = "self") -> dict[str, tuple[str, str]]:
 def selftest() -> list[str]:
     """Apply a sample sandbox in a forked child and return what it and the kernel report.
 
-    The child reports over a pipe: once sandboxed it could not write to a regular file, and
-    this process's stdout may be one.
+    The child is made like a worker: it enters its network namespace while it has one thread,
+    starts a thread (as libzmq and Tcl do, to show the filter reaches every thread), then
+    applies the sandbox. It reports over a pipe: once sandboxed it could not write to a regular
+    file, and this process's stdout may be one.
     """
     spec = WorkerSpec(
         tclet_id="selftest",
@@ -282,7 +299,13 @@ def selftest() -> list[str]:
     if pid == 0:  # pragma: no cover - the child
         os.close(rfd)
         try:
+            netns.enter()
+            import threading
+
+            release = threading.Event()
+            threading.Thread(target=release.wait, daemon=True).start()
             lines = apply(spec).describe()
+            release.set()
             lines += [f"kernel {n}: soft={s} hard={h}" for n, (s, h) in read_limits().items()]
             os.write(wfd, "\n".join(lines).encode())
         finally:

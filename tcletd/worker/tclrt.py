@@ -32,9 +32,10 @@ from typing import Protocol
 from tcletd.shared.errors import EXIT_SOFTWARE, RequestError
 from tcletd.shared.protocol import PolicyGranted, WorkerSpec
 from tcletd.shared.states import EXIT_KILLED, HEARTBEAT_INTERVAL, TcletState
-from tcletd.worker.aliases import MASTER_TCL, TclCommandError, parse_socket_args
+from tcletd.worker.aliases import MASTER_TCL
 from tcletd.worker.channels import ChannelFactory
 from tcletd.worker.limits import LIMITS_TCL, enforced_budget
+from tcletd.worker.sockargs import TclCommandError, parse_socket_args
 
 __all__ = ["SLAVE", "HostLink", "TclRuntime"]
 

@@ -10,6 +10,7 @@
 - :mod:`support.audit`: reading an audit log.
 - :mod:`support.hosting`: the output callbacks of an in-process :class:`~tcletd.api.Host`.
 - :mod:`support.addresses`: spellings of IPv4 addresses.
+- :mod:`support.runtime`: a worker's Tcl runtime in this process, for tclets that open no socket.
 """
 
 from __future__ import annotations
