@@ -53,7 +53,7 @@ def is_policy_path(name: str | Path) -> bool:
     return isinstance(name, Path) or "/" in text or text.endswith(".toml")
 
 
-_loaded: dict[tuple[str, int, int], Policy] = {}
+_loaded: dict[tuple[str, int, int, int], Policy] = {}
 
 
 def load_policy(name: str | Path, directory: str | Path | None = None) -> Policy:
