@@ -146,7 +146,10 @@ def run(
         os._exit(probes.run(spec.probe))
     link.hello()
     status = runtime.run()
-    sys.stdout.flush()
+    # None when the host was started with its own stdout closed (`tcletd run t.tcl >&-`): the
+    # fork server, and so every worker, then has no Python-level stdout, only fd 1 (ours).
+    if sys.stdout is not None:
+        sys.stdout.flush()
     # Deliver what is still queued (a LimitHit, the last Closes) before the process goes.
     link.shutdown()
     os._exit(status)
