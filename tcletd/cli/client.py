@@ -49,7 +49,7 @@ def default_socket() -> str:
     """``$TCLETD_HOST``, else ``tcletd-UID/control.sock`` in the runtime (or temp) directory."""
     if os.environ.get(ENV_HOST):
         return os.environ[ENV_HOST]
-    # The host refuses a directory others could swap the socket in (control._claim).
+    # The host refuses a directory others could swap the socket in (control_path.claim).
     base = os.environ.get("XDG_RUNTIME_DIR") or os.environ.get("TMPDIR") or "/tmp"  # noqa: S108
     return os.path.join(base, f"tcletd-{os.getuid()}", "control.sock")
 

@@ -256,16 +256,23 @@ class Broker:
             return [addr, addr, str(port)]
         return [addr, await self.resolver.name_of(addr), str(port)]
 
-    def accept_all(self, listener: socket.socket) -> list[tuple[socket.socket, str, int]]:
-        """Accept every pending connection; (socket, peer address, peer port) each."""
+    def accept_all(
+        self, listener: socket.socket
+    ) -> tuple[list[tuple[socket.socket, str, int]], OSError | None]:
+        """Accept every pending connection: (socket, peer address, peer port) each, and the
+        error that stopped it early (EMFILE, ENFILE, ENOBUFS...; None when the backlog is
+        empty). After such an error the rest stays in the kernel's backlog, and the listener
+        stays readable: the caller must stop watching it a while, or the loop spins on it."""
         out: list[tuple[socket.socket, str, int]] = []
         while True:
             try:
                 conn, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
-                return out
-            except OSError:
-                return out  # e.g. EMFILE: leave the rest in the backlog for the next turn
+                return out, None
+            except ConnectionAbortedError:
+                continue  # that peer gave up while queued; the next one may not have
+            except OSError as exc:
+                return out, exc
             addr = str(peer[0]).split("%", 1)[0]
             mapped = ipaddress.ip_address(addr)
             if isinstance(mapped, ipaddress.IPv6Address) and mapped.ipv4_mapped is not None:

@@ -15,6 +15,8 @@ worker's writes then block) instead of buffering for it.
 The endpoint is bounded (:mod:`tcletd.host.bounds`: connections, deadlines, bytes held for
 incomplete frames, frames handled per loop turn), and accepting goes on at EMFILE: a reserve
 descriptor is given up to accept one connection, which evicts an idle one or is told why not.
+Each connection closed or refused to keep the bounds is audited, rate-limited
+(:mod:`tcletd.host.control_audit`); the socket's path is :mod:`tcletd.host.control_path`'s.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
 import functools
 import logging
 import os
@@ -34,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from tcletd.host.bounds import Bounds, Held, overdue, victim_for
+from tcletd.host.control_audit import ControlAudit
+from tcletd.host.control_path import claim, release
 from tcletd.host.host import Host
 from tcletd.host.ops import OPERATIONS, NotAnOperation, unknown_op
 from tcletd.host.tclet import Tclet
@@ -76,10 +79,12 @@ class ControlConnection(asyncio.Protocol):
         bounds: Bounds | None = None,
         held: Held | None = None,
         admit: Callable[[ControlConnection], bool] | None = None,
+        audit: ControlAudit | None = None,
     ) -> None:
         """``done`` is told when the connection is gone; ``admit``, when it is made, whether it
-        may stay (it was told why not)."""
+        may stay (it was told why not); ``audit`` records the bounds' closings."""
         self.host = host
+        self._bounds_audit = audit
         self._done = done
         self._admit = admit
         self.bounds = bounds or Bounds()
@@ -199,6 +204,8 @@ class ControlConnection(asyncio.Protocol):
         """Count this connection's buffered bytes in the host's total; past the cap, fail it."""
         refusal = self._held.move(self._holding, self._reader.buffered)
         if refusal is not None:
+            if self._bounds_audit is not None:
+                self._bounds_audit("held_bytes", self.client, refusal)
             self._fail(refusal, EXIT_TEMPFAIL)
             return False
         self._holding = self._reader.buffered
@@ -303,6 +310,7 @@ class ControlServer:
             bounds = Bounds(**{**bounds.__dict__, "max_connections": max_connections})
         self.bounds = bounds
         self.held = Held(bounds.max_held)
+        self.audit = ControlAudit(lambda: host.audit)
         self._listener: socket.socket | None = None
         self._connections: dict[ControlConnection, None] = {}  # oldest first
         self._reserve: int | None = None  # a descriptor given up to accept at EMFILE
@@ -311,7 +319,7 @@ class ControlServer:
         self._accepting: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
-        _claim(self.path)
+        claim(self.path)
         loop = asyncio.get_running_loop()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.setblocking(False)
@@ -385,7 +393,9 @@ class ControlServer:
                 self._reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
     def _connection(self, starved: bool) -> ControlConnection:
-        conn = ControlConnection(self.host, self._gone, self.bounds, self.held, self._admit)
+        conn = ControlConnection(
+            self.host, self._gone, self.bounds, self.held, self._admit, self.audit
+        )
         conn.starved = starved
         return conn
 
@@ -413,16 +423,21 @@ class ControlServer:
         if victim is not None:
             why = "the host was out of descriptors" if starved else "the host was full"
             what = "half a frame sent" if victim.frame_since is not None else "idle"
-            victim.hang_up(f"evicted: {what} while {why}")
+            self._close("evicted", victim, f"evicted: {what} while {why}")
             return True
         if starved:
-            conn.hang_up("refused: the host is out of file descriptors; try again later")
+            why = "refused: the host is out of file descriptors; try again later"
         else:
-            conn.hang_up(
+            why = (
                 f"refused: the host serves {self.bounds.max_connections} connections at most, "
                 "each running a tclet; try again later"
             )
+        self._close("refused", conn, why)
         return False
+
+    def _close(self, action: str, conn: ControlConnection, why: str) -> None:
+        self.audit(action, conn.client, why)
+        conn.hang_up(why)
 
     # ---- deadlines ----------------------------------------------------------------------------
 
@@ -434,7 +449,7 @@ class ControlServer:
         for conn in list(self._connections):
             why = overdue(conn, bounds, now)
             if why is not None:
-                conn.hang_up(why)
+                self._close("deadline", conn, why)
         self._sweeper = asyncio.get_running_loop().call_later(bounds.sweep_period, self._sweep)
 
     # ---- stopping -----------------------------------------------------------------------------
@@ -451,44 +466,11 @@ class ControlServer:
         if self._reserve is not None:
             os.close(self._reserve)
             self._reserve = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        if (lock := _LOCKS.pop(self.path, None)) is not None:
-            os.close(lock)
+        release(self.path)
+        self.audit.flush()
 
     async def drain(self, timeout: float = 2.0) -> None:
         """Let every client see its tclet's exit (after the host has ended them)."""
         follows = [c.follow for c in list(self._connections) if c.follow is not None]
         if follows:
             await asyncio.wait(follows, timeout=timeout)
-
-
-_LOCKS: dict[Path, int] = {}  # the control sockets this process serves on: their locks
-
-
-def _claim(path: Path) -> None:
-    """Make the socket's directory (0700) and take the path, unless a host answers there."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = path.parent.stat()
-    # A directory others may write to without the sticky bit lets them swap our socket.
-    if info.st_uid not in (os.getuid(), 0) or (info.st_mode & 0o022 and not info.st_mode & 0o1000):
-        raise TcletdError(f"{path.parent}: others can replace files there; use a private directory")
-    # Held for the host's life; the kernel drops it however the host dies (kill -9 included).
-    lock = os.open(f"{path}.lock", os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(lock)
-        raise TcletdError(f"{path}: a tcletd host is already serving there") from None
-    if path.exists() or path.is_symlink():
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            path.unlink()  # stale: its host is gone
-        else:
-            os.close(lock)
-            raise TcletdError(f"{path}: a tcletd host is already serving there")
-        finally:
-            probe.close()
-    _LOCKS[path] = lock

@@ -135,6 +135,7 @@ class Host:
             master=master,
             totals=self._totals,
             penalties=PenaltyBox(self._penalty),
+            policy_dir=self._policy_dir,
         )
         self._watchdog = Watchdog(self._services.tclets)
         self._watchdog.start(loop)
@@ -160,6 +161,12 @@ class Host:
             self._run_dir.close()
             self._run_dir = None
         self._services = None
+
+    @property
+    def audit(self) -> AuditLog | None:
+        """The host's audit log (the control server records its closings there); None before
+        :meth:`start`."""
+        return self._services.audit if self._services is not None else None
 
     @property
     def cgroups(self) -> Cgroups | None:
@@ -261,7 +268,9 @@ class Host:
             # What the worker enforces on itself: descriptors on top of the runtime's own (its
             # socket quota), the Tcl command count, and OS backstops under the host's watchdog.
             **worker_limits(policy.quotas, policy.limits),
-            **ceilings(policy, fixed, self._services.master, where, request.limits),
+            **ceilings(
+                policy, fixed, self._services.master, where, request.limits, self._policy_dir
+            ),
         )
         defaults = (("stdout", on_stdout), ("stderr", on_stderr))
         own = [self._own_writer(name) for name, given in defaults if given is None]

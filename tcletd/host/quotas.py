@@ -41,13 +41,14 @@ import socket
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tcletd.policy import Origin, Policy, known_policies, load_policy
 from tcletd.policy.master import MasterConfig
 from tcletd.policy.quantities import Quotas, format_size, worker_ceilings, worker_limits
 from tcletd.shared import protocol as p
-from tcletd.shared.errors import EXIT_TEMPFAIL, RequestError, TcletdError
+from tcletd.shared.errors import EXIT_TEMPFAIL, ConfigError, RequestError, TcletdError
 
 # struct tcp_info offsets (see the module docstring); ask for more than we read.
 TCP_INFO_LEN = 256
@@ -299,11 +300,14 @@ class TcletQuotas:
 # ---- what a worker enforces on itself -------------------------------------------------------
 
 
-def grant_refusal(name: str, origin: Origin, master: MasterConfig) -> str | None:
+def grant_refusal(
+    name: str, origin: Origin, master: MasterConfig, directory: Path | None = None
+) -> str | None:
     """Why a tclet from ``origin`` may not be granted policy ``name`` by asking for it, or None
-    if it may: only a shipped policy, by name (never a path, whatever the master config's globs
-    say), and only where the master config allows it."""
-    if name not in known_policies():
+    if it may: only a policy the host knows (the operator's ``directory``, then the shipped
+    ones), by name (never a path, whatever the master config's globs say), and only where the
+    master config allows it."""
+    if name not in known_policies(directory):
         return "unknown policy"
     return None if master.allows(name, origin) else "master config"
 
@@ -319,16 +323,27 @@ def granted(req: int, policy: Policy) -> p.PolicyGranted:
 
 
 def ceilings(
-    policy: Policy, fixed: bool, master: MasterConfig, origin: Origin, overrides: Sequence[str]
+    policy: Policy,
+    fixed: bool,
+    master: MasterConfig,
+    origin: Origin,
+    overrides: Sequence[str],
+    directory: Path | None = None,
 ) -> dict[str, Any]:
     """A new worker's hard rlimits (WorkerSpec's ``*_max``): the most of every policy its tclet
-    may still be granted (``policy NAME``, per the master config), so that its limits can follow
-    a grant. Empty for a fixed policy: its own limits are the ceiling."""
+    may still be granted (``policy NAME``, per the master config, among the operator's
+    ``directory`` and the shipped ones), so that its limits can follow a grant. Empty for a
+    fixed policy: its own limits are the ceiling."""
     if fixed:
         return {}
-    grantable = [policy] + [
-        load_policy(name).with_overrides(*overrides)
-        for name in known_policies()
-        if name != policy.name and grant_refusal(name, origin, master) is None
-    ]
+    grantable = [policy]
+    for name in known_policies(directory):
+        if name == policy.name or grant_refusal(name, origin, master, directory) is not None:
+            continue
+        try:
+            grantable.append(load_policy(name, directory).with_overrides(*overrides))
+        except ConfigError:
+            # An operator's broken file: a grant of it is refused (and audited) when asked
+            # for, so it raises no ceiling, and it must not stop every other launch.
+            continue
     return worker_ceilings([(g.quotas, g.limits) for g in grantable])

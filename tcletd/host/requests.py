@@ -163,12 +163,13 @@ class Requests:
         if self.policy_fixed:
             self._audit("policy", requested=name, decision="refused", why="already loaded")
             raise RequestError(f'security policy "{tclet.policy.name}" already loaded')
-        why = grant_refusal(name, tclet.origin, tclet.services.master)
+        directory = tclet.services.policy_dir
+        why = grant_refusal(name, tclet.origin, tclet.services.master, directory)
         if why is not None:
             self._audit("policy", requested=name, decision="refused", why=why)
             raise RequestError(f'permission denied: policy "{name}" not allowed for this origin')
         try:
-            policy = load_policy(name).with_overrides(*self._overrides)
+            policy = load_policy(name, directory).with_overrides(*self._overrides)
         except ConfigError as exc:  # a broken policy file of the operator's: refused, audited
             self._audit("policy", requested=name, decision="refused", why=str(exc))
             raise RequestError(f'policy "{name}" cannot be loaded') from None
@@ -183,7 +184,12 @@ class Requests:
         """Every peer waiting on one of the tclet's servers: the policy, then the quotas."""
         tclet = self._tclet
         broker = tclet.services.broker
-        for conn, addr, port in broker.accept_all(listener):
+        peers, failure = broker.accept_all(listener)
+        if failure is None:
+            tclet.sockets.accepted(listener)
+        elif tclet.sockets.pause_accepting(listener_id, listener):
+            self._accept_failed(failure)
+        for index, (conn, addr, port) in enumerate(peers):
             decision = broker.check_peer(tclet.policy, tclet.origin, addr, port)
             self._audit.decision("accept", addr, str(port), decision, decision.reason)
             if not decision.allowed:
@@ -201,5 +207,16 @@ class Requests:
                     conn, partial(p.Accepted, listener_id, peer_host=addr, peer_port=port)
                 )
             except ProtocolViolation as exc:
+                for rest, _, _ in peers[index + 1 :]:
+                    shut(rest)
                 tclet.violation(str(exc))
                 return
+
+    def _accept_failed(self, exc: OSError) -> None:
+        """A shortage began on one of the tclet's servers (audited once as ``error``): its peers
+        wait in the backlog while the listener is paused; the tclet is not told."""
+        try:
+            self._audit("error", request="accept", error=repr(exc)[:400])
+        except Exception:  # the log's own trouble must not break the accept path
+            log.exception("audit: recording a failed accept failed")
+        log.warning("tclet %s: accept failed, pausing its server: %r", self._tclet.id[:8], exc)

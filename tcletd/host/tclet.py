@@ -25,6 +25,7 @@ import signal
 import time
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tcletd.host.audit import AuditLog, TcletRecords
 from tcletd.host.broker import Broker, start_eagerly
@@ -71,6 +72,9 @@ class Services:
     master: MasterConfig
     totals: HostTotals
     penalties: PenaltyBox = field(default_factory=PenaltyBox)
+    # The operator's policies (NAME.toml), known before the shipped ones by name: to launches
+    # and to a tclet's own ``policy NAME`` alike.
+    policy_dir: Path | None = None
     # Running tclets by id: the watchdog looks at these; a tclet leaves when it is released.
     tclets: dict[str, Tclet] = field(default_factory=dict)
 
