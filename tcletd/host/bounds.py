@@ -98,6 +98,8 @@ def overdue(slot: Slot, bounds: Bounds, now: float) -> str | None:
         return None
     if slot.frame_since is not None and now - slot.frame_since > bounds.frame_deadline:
         return f"frame not complete {bounds.frame_deadline:g} s after its first byte"
-    if slot.idle and now - slot.since > bounds.idle_deadline:
+    # A frame in progress is governed by the frame deadline alone, else a connection whose first
+    # byte came a moment after it connected would be closed as idle when both deadlines are near.
+    if slot.idle and slot.frame_since is None and now - slot.since > bounds.idle_deadline:
         return f"idle: no request in {bounds.idle_deadline:g} s"
     return None

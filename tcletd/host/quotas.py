@@ -127,6 +127,25 @@ def set_pacing(sock: socket.socket, rate: int) -> bool:
     return True
 
 
+def _recent(window: collections.deque[float], now: float) -> collections.deque[float]:
+    """``window`` without the times older than CONNECT_WINDOW (a sliding one-second window)."""
+    while window and window[0] <= now - CONNECT_WINDOW:
+        window.popleft()
+    return window
+
+
+def _admit(
+    window: collections.deque[float], now: float, quota: str, what: str, quotas: Quotas
+) -> None:
+    """Count one request of a per-second quota, or refuse it without counting."""
+    _recent(window, now)
+    limit = getattr(quotas, quota)
+    if len(window) >= limit:
+        message = f"too many {what} per second (limit {limit:g})"
+        raise QuotaRefused(quota, limit, len(window), message)
+    window.append(now)
+
+
 @dataclass
 class HostTotals:
     """Host-wide counters, shared by every tclet of one Host."""
@@ -198,32 +217,16 @@ class TcletQuotas:
 
     def admit_connect(self, now: float) -> None:
         """Count a connect in the sliding window, or refuse it without counting."""
-        window = self._connects
-        while window and window[0] <= now - CONNECT_WINDOW:
-            window.popleft()
-        limit = self.quotas.connects_per_second
-        if len(window) >= limit:
-            message = f"too many connects per second (limit {limit:g})"
-            raise QuotaRefused("connects_per_second", limit, len(window), message)
-        window.append(now)
+        _admit(self._connects, now, "connects_per_second", "connects", self.quotas)
 
     def admit_lookup(self, now: float) -> None:
         """Count a name lookup in the sliding window, or refuse it without counting. Called
         only when the policy needs the name's addresses (a denied name costs no lookup)."""
-        window = self._lookups
-        while window and window[0] <= now - CONNECT_WINDOW:
-            window.popleft()
-        limit = self.quotas.lookups_per_second
-        if len(window) >= limit:
-            message = f"too many lookups per second (limit {limit:g})"
-            raise QuotaRefused("lookups_per_second", limit, len(window), message)
-        window.append(now)
+        _admit(self._lookups, now, "lookups_per_second", "lookups", self.quotas)
 
     def refusal_pause(self, now: float) -> float:
         """Count a refused request; how long its refusal waits (0 unless the tclet keeps at it)."""
-        window = self._refusals
-        while window and window[0] <= now - CONNECT_WINDOW:
-            window.popleft()
+        window = _recent(self._refusals, now)
         window.append(now)
         return REFUSAL_PAUSE if len(window) > REFUSALS_PER_SECOND else 0.0
 

@@ -116,8 +116,8 @@ def test_a_held_bytes_refusal_is_audited(sock: Path, audit: Path) -> None:
 def test_a_flood_of_idle_connections_writes_a_bounded_number_of_records(
     sock: Path, audit: Path
 ) -> None:
-    """2,000 idle connections against a cap of 16: ~1,980 evictions, at most 10 records a
-    second of them plus one summary a second carrying the count of the rest."""
+    """2,000 idle connections against a cap of 16: over a thousand evictions, at most 10
+    records a second of them plus one summary a second carrying the count of the rest."""
     with serving(sock, "--max-connections", "16", "--audit", str(audit)):
         began = time.monotonic()
         window: list[socket.socket] = []
@@ -127,7 +127,9 @@ def test_a_flood_of_idle_connections_writes_a_bounded_number_of_records(
                 if len(window) > 64:  # evicted long since: the test's descriptors stay few
                     window.pop(0).close()
             assert status(sock) == []
-            wait_until(lambda: _counted(audit) >= 1900, timeout=30, message="evictions not counted")
+            # Not every one of the 2,000 is evicted: under load the test may close a connection
+            # the host has not accepted yet. A thousand evictions make the flood.
+            wait_until(lambda: _counted(audit) >= 1000, timeout=30, message="evictions not counted")
             elapsed = time.monotonic() - began
         finally:
             for conn in window:

@@ -5,15 +5,12 @@ real sockets."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 from support.audit import Record, audit_records
+from support.hosting import run_and_probe
 from support.net import TcpServer, echo_handler
-
-from tcletd.api import Host
-from tcletd.worker.sandbox import read_limits
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,28 +45,10 @@ def _run(
     policies.mkdir()
     (policies / "wide.toml").write_text(WIDE)
     audit = tmp_path / "audit.jsonl"
-    out: list[bytes] = []
-    limits: dict[str, tuple[str, str]] = {}
-
-    async def scenario() -> int:
-        async with Host(master=master, audit=audit, policy_dir=policies) as host:
-            ready = asyncio.Event()
-
-            def take(data: bytes) -> None:
-                out.append(data)
-                if b"ready" in b"".join(out):
-                    ready.set()
-
-            tclet = host.launch(script, origin=origin, on_stdout=take, on_stderr=take)
-            if probe:
-                await asyncio.wait_for(ready.wait(), 20)
-                assert tclet.worker is not None
-                limits.update(read_limits(tclet.worker.pid))
-                await tclet.end("test over")
-            return (await tclet.wait()).status
-
-    status = asyncio.run(scenario())
-    return status, b"".join(out).decode(), limits, audit_records(audit)
+    status, out, limits = run_and_probe(
+        script, origin=origin, master=master, audit=audit, policy_dir=policies, probe=probe
+    )
+    return status, out, limits, audit_records(audit)
 
 
 def test_a_granted_origin_gets_the_operators_policy_and_its_quotas(tmp_path: Path) -> None:

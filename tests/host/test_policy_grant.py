@@ -5,16 +5,14 @@ command budget) move with the granted policy. Real host, real workers, real sock
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 from support.audit import Record, audit_records
+from support.hosting import run_and_probe
 from support.net import TcpServer, echo_handler
 
-from tcletd.api import Host
 from tcletd.policy import load_policy
-from tcletd.worker.sandbox import read_limits
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -40,30 +38,10 @@ def _run(
     master = tmp_path / "master.toml"
     master.write_text(MASTER)
     audit = tmp_path / "audit.jsonl"
-    out: list[bytes] = []
-    limits: dict[str, tuple[str, str]] = {}
-
-    async def scenario() -> int:
-        async with Host(master=master, audit=audit) as host:
-            ready = asyncio.Event()
-
-            def take(data: bytes) -> None:
-                out.append(data)
-                if b"ready" in b"".join(out):
-                    ready.set()
-
-            tclet = host.launch(
-                script, policy=policy, origin=ORIGIN, on_stdout=take, on_stderr=take
-            )
-            if probe:
-                await asyncio.wait_for(ready.wait(), 20)
-                assert tclet.worker is not None
-                limits.update(read_limits(tclet.worker.pid))
-                await tclet.end("test over")
-            return (await tclet.wait()).status
-
-    status = asyncio.run(scenario())
-    return status, b"".join(out).decode(), limits, audit_records(audit)
+    status, out, limits = run_and_probe(
+        script, origin=ORIGIN, master=master, audit=audit, policy=policy, probe=probe
+    )
+    return status, out, limits, audit_records(audit)
 
 
 def test_a_tclet_can_name_only_shipped_policies_never_a_file(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -56,6 +57,14 @@ class _Faults(logging.Handler):
         text = record.getMessage()
         if record.levelno >= logging.ERROR or "request failed" in text:
             self.faults.append(f"{record.levelname} {record.name}: {text[:300]}")
+
+
+def hold(tclet: Tclet) -> None:
+    """Stop the real worker before it can connect (it is still starting: decoding its spec,
+    entering its cgroup and namespace), so that the fuzzing DEALER always takes the tclet's
+    routing id; the host still ends it (SIGKILL reaches a stopped process)."""
+    assert tclet.worker is not None
+    os.kill(tclet.worker.pid, signal.SIGSTOP)
 
 
 class Fuzzed:
@@ -103,6 +112,7 @@ class Fuzzed:
             tclet = self.host.launch(
                 "after 20000 {exit 0}", policy="home", origin=ORIGIN, **quiet()
             )
+            hold(tclet)
             ident = tclet.id.encode()
         sent = list(messages)
         if tclet is not None and who == "token":
@@ -281,6 +291,7 @@ def test_a_hello_with_the_real_token_reaches_the_tclet(fuzzed: Fuzzed) -> None:
 
     async def scenario() -> None:
         tclet = fuzzed.host.launch("after 20000 {exit 0}", policy="home", origin=ORIGIN, **quiet())
+        hold(tclet)
         dealer = fuzzed.ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.IDENTITY, tclet.id.encode())
         dealer.setsockopt(zmq.LINGER, 0)
@@ -304,6 +315,7 @@ def test_a_legitimate_request_sequence_is_answered(fuzzed: Fuzzed) -> None:
 
     async def scenario() -> None:
         tclet = fuzzed.host.launch("after 20000 {exit 0}", policy="home", origin=ORIGIN, **quiet())
+        hold(tclet)
         dealer = fuzzed.ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.IDENTITY, tclet.id.encode())
         dealer.setsockopt(zmq.LINGER, 0)

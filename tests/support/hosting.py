@@ -1,9 +1,15 @@
-"""Output callbacks for tclets launched on an in-process :class:`~tcletd.api.Host`."""
+"""Running tclets on an in-process :class:`~tcletd.api.Host`: output callbacks, and a run that
+reads the worker's rlimits while it runs."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypedDict
+
+from tcletd.api import Host
+from tcletd.worker.sandbox import read_limits
 
 
 class Sinks(TypedDict):
@@ -20,3 +26,45 @@ def _drop(_data: bytes) -> None:
 def quiet() -> Sinks:
     """Sinks that drop both streams."""
     return {"on_stdout": _drop, "on_stderr": _drop}
+
+
+Limits = dict[str, tuple[str, str]]
+
+
+def run_and_probe(
+    script: str,
+    *,
+    origin: str,
+    master: Path,
+    audit: Path,
+    policy: str | None = None,
+    policy_dir: Path | None = None,
+    probe: bool = False,
+) -> tuple[int, str, Limits]:
+    """Run ``script`` on a host with ``master`` (and the operator's ``policy_dir``); its status,
+    its stdout and stderr, and, when ``probe``, the worker's rlimits read once it printed
+    ``ready`` (the tclet is then ended)."""
+    out: list[bytes] = []
+    limits: Limits = {}
+
+    async def scenario() -> int:
+        async with Host(master=master, audit=audit, policy_dir=policy_dir) as host:
+            ready = asyncio.Event()
+
+            def take(data: bytes) -> None:
+                out.append(data)
+                if b"ready" in b"".join(out):
+                    ready.set()
+
+            tclet = host.launch(
+                script, policy=policy, origin=origin, on_stdout=take, on_stderr=take
+            )
+            if probe:
+                await asyncio.wait_for(ready.wait(), 20)
+                assert tclet.worker is not None
+                limits.update(read_limits(tclet.worker.pid))
+                await tclet.end("test over")
+            return (await tclet.wait()).status
+
+    status = asyncio.run(scenario())
+    return status, b"".join(out).decode(), limits

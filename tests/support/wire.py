@@ -108,8 +108,11 @@ def frames_from(conn: socket.socket, until: str = "", limit: int = 1 << 24) -> l
 def exchange(sock: Path, *frames: bytes, until: str, timeout: float = 10.0) -> list[Frame]:
     """Send ``frames`` on a new connection; the host's answer up to ``until``."""
     with connect(sock, timeout) as conn:
-        for frame in frames:
-            conn.sendall(frame)
+        try:
+            for frame in frames:
+                conn.sendall(frame)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the host may refuse (error frame, then close) before our frames are in
         return frames_from(conn, until)
 
 
