@@ -18,6 +18,7 @@ import pytest
 from support.audit import audit_records
 from support.hosting import quiet
 from support.processes import run_tcletd
+from support.runtime import make_spec
 from support.waiting import until
 
 from tcletd.api import Host
@@ -39,19 +40,8 @@ needs_cgroups = pytest.mark.skipif(
 
 
 def _spec(probe: str, memory: int = 0) -> p.WorkerSpec:
-    return p.WorkerSpec(
-        tclet_id=os.urandom(16).hex(),
-        token="t",
-        endpoint="ipc:///nonexistent/hub",  # a probe never says hello
-        script="",
-        script_name="probe",
-        argv=[],
-        embed_args={},
-        policy="home",
-        hidden_options=[],
-        memory=memory,
-        probe=probe,
-    )
+    # A probe never says hello: the endpoint is never used.
+    return make_spec("", tclet_id=os.urandom(16).hex(), memory=memory, probe=probe)
 
 
 def _read_all(worker: WorkerProcess, stream: str = "stdout") -> str:

@@ -45,9 +45,8 @@ class NoSocketLink:
         self.limits.append((limit, detail))
 
 
-def runtime(script: str, link: NoSocketLink, **fields: object) -> TclRuntime:
-    """A runtime for ``script`` as the host would start a home tclet; ``fields`` replace any of
-    its spec's (``commands=100000``). A tclet still running after 30 s is stopped (status 99)."""
+def make_spec(script: str, **fields: object) -> WorkerSpec:
+    """A spec as the host sends it for a home tclet; ``fields`` replace any of its fields."""
     spec = WorkerSpec(
         tclet_id="t1",
         token="tok",
@@ -59,7 +58,13 @@ def runtime(script: str, link: NoSocketLink, **fields: object) -> TclRuntime:
         policy="home",
         hidden_options=["-peername"],
     )
-    rt = TclRuntime(msgspec.structs.replace(spec, **fields), link)
+    return msgspec.structs.replace(spec, **fields)
+
+
+def runtime(script: str, link: NoSocketLink, **fields: object) -> TclRuntime:
+    """A runtime for ``script`` as the host would start a home tclet; ``fields`` replace any of
+    its spec's (``commands=100000``). A tclet still running after 30 s is stopped (status 99)."""
+    rt = TclRuntime(make_spec(script, **fields), link)
     rt.tk.after(30_000, lambda: rt.stop(99))
     return rt
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 from support import ROOT
+from support.runtime import make_spec
 
 from tcletd.host.supervisor import Supervisor
-from tcletd.shared import protocol as p
 from tcletd.worker import netns, sandbox
 
 pytestmark = pytest.mark.timeout(60)
@@ -58,18 +58,8 @@ def run_probes(*probes: str) -> list[str]:
         workers = []
         try:
             for i, probe in enumerate(probes):
-                spec = p.WorkerSpec(
-                    tclet_id=f"probe{i}",
-                    token="tok",
-                    endpoint="ipc:///nonexistent/tcletd-probe.ipc",  # a probe never says hello
-                    script="",
-                    script_name="probe.tcl",
-                    argv=[],
-                    embed_args={},
-                    policy="trusted",
-                    hidden_options=[],
-                    probe=probe,
-                )
+                # A probe never says hello: the endpoint is never used.
+                spec = make_spec("", tclet_id=f"probe{i}", policy="trusted", probe=probe)
                 workers.append(supervisor.launch(spec, loop))
             outs = []
             for worker in workers:

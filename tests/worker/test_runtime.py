@@ -18,14 +18,14 @@ import time
 import tkinter
 from collections.abc import Iterator
 
-import msgspec
 import pytest
 from support.net import TcpServer
+from support.runtime import make_spec
 from support.system import open_fds
 from support.waiting import wait_until
 
 from tcletd.shared.errors import RequestError
-from tcletd.shared.protocol import PolicyGranted, WorkerSpec
+from tcletd.shared.protocol import PolicyGranted
 from tcletd.worker.channels import probe
 from tcletd.worker.tclrt import TclRuntime
 
@@ -141,22 +141,6 @@ class LocalBroker:
         for sock in self.listeners.values():
             sock.close()
         self.listeners.clear()
-
-
-def make_spec(script: str, **kw: object) -> WorkerSpec:
-    """A spec as the host sends it for a home tclet; ``kw`` replaces any of its fields."""
-    spec = WorkerSpec(
-        tclet_id="t1",
-        token="tok",
-        endpoint="ipc:///nonexistent",
-        script=script,
-        script_name="t.tcl",
-        argv=[],
-        embed_args={},
-        policy="home",
-        hidden_options=["-peername"],
-    )
-    return msgspec.structs.replace(spec, **kw)
 
 
 def run_tclet(
