@@ -22,38 +22,35 @@ from collections.abc import Callable
 from tcletd.worker.seccomp import SKIP_WORD
 
 
-def _connect(args: list[str]) -> str:
-    """``connect HOST PORT``: a socket the worker makes itself, connected to a local listener."""
-    host, port = args[0], int(args[1])
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+def _errname(exc: OSError) -> str:
+    return str(errno.errorcode.get(exc.errno or 0, exc.errno))
+
+
+def _dial(family: socket.AddressFamily, address: str | tuple[str, int]) -> str:
+    """Make a socket of ``family`` and connect it to ``address``; the outcome."""
     try:
         sock = socket.socket(family, socket.SOCK_STREAM)
     except OSError as exc:
-        return f"socket-failed {errno.errorcode.get(exc.errno or 0, exc.errno)}"
+        return f"socket-failed {_errname(exc)}"
     try:
         sock.settimeout(2.0)
-        sock.connect((host, port))
+        sock.connect(address)
     except OSError as exc:
-        return f"connect-failed {errno.errorcode.get(exc.errno or 0, exc.errno)}"
+        return f"connect-failed {_errname(exc)}"
     finally:
         sock.close()
     return "connected"
+
+
+def _connect(args: list[str]) -> str:
+    """``connect HOST PORT``: a socket the worker makes itself, connected to a local listener."""
+    host, port = args[0], int(args[1])
+    return _dial(socket.AF_INET6 if ":" in host else socket.AF_INET, (host, port))
 
 
 def _unix(args: list[str]) -> str:
     """``unix PATH``: a Unix socket the worker makes itself, connected to a pathname socket."""
-    try:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    except OSError as exc:
-        return f"socket-failed {errno.errorcode.get(exc.errno or 0, exc.errno)}"
-    try:
-        sock.settimeout(2.0)
-        sock.connect(args[0])
-    except OSError as exc:
-        return f"connect-failed {errno.errorcode.get(exc.errno or 0, exc.errno)}"
-    finally:
-        sock.close()
-    return "connected"
+    return _dial(socket.AF_UNIX, args[0])
 
 
 def _exec(args: list[str]) -> str:
@@ -61,7 +58,7 @@ def _exec(args: list[str]) -> str:
     try:
         os.execv(args[0], [args[0]])  # noqa: S606  (the probe is the attempt itself)
     except OSError as exc:
-        return f"exec-failed {errno.errorcode.get(exc.errno or 0, exc.errno)}"
+        return f"exec-failed {_errname(exc)}"
 
 
 def _kill(args: list[str]) -> str:
@@ -70,7 +67,7 @@ def _kill(args: list[str]) -> str:
     try:
         os.kill(pid, 0)
     except OSError as exc:
-        return f"kill-failed {errno.errorcode.get(exc.errno or 0, exc.errno)}"
+        return f"kill-failed {_errname(exc)}"
     return "killed"
 
 
