@@ -13,10 +13,20 @@ that makes their sockets, and the audit log. Use it as an async context manager:
 Each tclet runs under its policy's quotas and limits (``--limit`` style overrides per launch);
 the host as a whole holds at most ``max_workers`` tclets and ``max_sockets`` sockets. A watchdog
 task in the host's loop measures every tclet and ends it at a limit (:mod:`tcletd.host.watchdog`).
+
+The operator's verbs take a tclet's id (or a unique prefix of four digits or more): ``list``,
+``kill``, ``wait``, ``logs``, ``dropped`` and ``events``. For a script without an event loop,
+:class:`BlockingHost` (:mod:`tcletd.api_sync`) runs a Host on a thread of its own and offers the
+same verbs as blocking calls::
+
+    with BlockingHost() as host:
+        tclet_id = host.launch("puts hello")
+        print(host.wait(tclet_id).status, list(host.logs(tclet_id)))
 """
 
 from __future__ import annotations
 
+from tcletd.api_sync import BlockingHost
 from tcletd.host.host import DEFAULT_POLICY, Host
 from tcletd.host.quotas import HostFull
 from tcletd.host.tclet import Tclet
@@ -26,6 +36,7 @@ from tcletd.shared.states import TcletResult
 
 __all__ = [
     "DEFAULT_POLICY",
+    "BlockingHost",
     "Host",
     "HostFull",
     "LaunchRequest",

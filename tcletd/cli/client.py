@@ -10,13 +10,21 @@ machines). For that reason its run request is a plain dict of the launch request
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
 import socket
 import sys
 
-from tcletd.shared.control import MAX_OUTPUT_CHUNK, MAX_SCRIPT, FrameReader, encode, run_header
+from tcletd.shared.control import (
+    MAX_OUTPUT_CHUNK,
+    MAX_SCRIPT,
+    FrameReader,
+    encode,
+    hello,
+    run_header,
+)
 from tcletd.shared.errors import (
     EXIT_OK,
     EXIT_SOFTWARE,
@@ -34,7 +42,7 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
 # (mypy takes any name TYPE_CHECKING as true).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
     from pathlib import Path
     from typing import Any
 
@@ -55,9 +63,12 @@ def default_socket() -> str:
 
 
 def connect(path: str | Path) -> socket.socket:
+    """A connection to the host at ``path``, our hello sent (the host's greeting is read with
+    the replies, and skipped: a host of another version refuses the hello with an error)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(str(path))
+        sock.sendall(hello())
     except OSError as exc:
         sock.close()
         reason = exc.strerror or str(exc)
@@ -78,13 +89,13 @@ def read_script(name: str) -> tuple[str, str]:
         raise ScriptNotFound(f"{name}: cannot read: {exc}") from None
 
 
-def default_origin(script_name: str) -> str | None:
-    """A script read from a file has that file's URL as its origin (home: localhost only)."""
-    if script_name == "-":
-        return None
-    from urllib.parse import quote
+def default_origin(script_name: str) -> str:
+    """A script read from a file has that file's URL as its origin, one from standard input the
+    current directory's, as the API gives it (home: localhost only; see
+    :func:`tcletd.shared.origins.default_origin`)."""
+    from tcletd.shared.origins import default_origin as shared  # urllib: only when needed
 
-    return "file://" + quote(os.path.realpath(script_name))
+    return shared(None if script_name == "-" else script_name)
 
 
 def status_line(entry: dict[str, Any]) -> str:
@@ -96,7 +107,7 @@ def status_line(entry: dict[str, Any]) -> str:
         return format_size(value) if isinstance(value, int) else "?"
 
     return (
-        f"tcletd: tclet {str(entry.get('id'))[:8]} pid {entry.get('pid')}"
+        f"tcletd: tclet {entry.get('id')} pid {entry.get('pid')}"
         f" policy {entry.get('policy')} state {entry.get('state')}"
         f" sockets {entry.get('sockets')} sent {size('bytes_sent')}"
         f" received {size('bytes_received')} cpu {entry.get('cpu')} s rss {size('rss')}"
@@ -115,20 +126,39 @@ def run(args: Any, host: str | Path) -> int:
         from tcletd.shared.errors import ConfigError
 
         raise ConfigError("--audit: a resident host writes its own audit (tcletd serve --audit)")
-    script, script_name = read_script(args.script)
-    data = script.encode()
-    if len(data) > MAX_SCRIPT:
-        raise ScriptNotFound(f"{script_name}: larger than {MAX_SCRIPT} bytes")
-    request = launch_fields(args, script, script_name)
+    frame = request_frame(args, "run")
     with connect(host) as sock:
-        sock.sendall(encode(run_header(request), data))
+        sock.sendall(frame)
         return _follow(sock)
 
 
-def launch_fields(args: Any, script: str, script_name: str) -> dict[str, Any]:
+def request_frame(args: Any, op: str) -> bytes:
+    """The run or launch frame ``tcletd run``'s (or ``launch``'s) arguments ask for."""
+    if is_url(args.script):  # the host fetches it (Host.prepare): no payload
+        data, request = b"", launch_fields(args, "", args.script, url=args.script)
+    else:
+        script, script_name = read_script(args.script)
+        data = script.encode()
+        if len(data) > MAX_SCRIPT:
+            raise ScriptNotFound(f"{script_name}: larger than {MAX_SCRIPT} bytes")
+        request = launch_fields(args, script, script_name)
+    return encode(run_header(request, op), data)
+
+
+def is_url(script: str) -> bool:
+    """Whether ``tcletd run``'s SCRIPT is a URL for the host to fetch rather than a file."""
+    return script[:8].lower().startswith(("http://", "https://"))
+
+
+def launch_fields(
+    args: Any, script: str, script_name: str, *, url: str | None = None
+) -> dict[str, Any]:
     """The launch request ``tcletd run``'s arguments ask for, as LaunchRequest's fields (a plain
-    dict: the embedded run converts it, a client sends it)."""
-    origin = args.origin if args.origin is not None else default_origin(script_name)
+    dict: the embedded run converts it, a client sends it). With ``url`` the host fetches the
+    script, and its origin is the URL it came from (after redirects) unless ``--origin``."""
+    origin = args.origin
+    if origin is None and url is None:
+        origin = default_origin(script_name)
     return {
         "script": script,
         "script_name": script_name,
@@ -137,6 +167,7 @@ def launch_fields(args: Any, script: str, script_name: str) -> dict[str, Any]:
         "argv": list(args.args),
         "embed_args": embed_args(args.arg),
         "limits": list(args.limit),
+        "url": url,
     }
 
 
@@ -152,14 +183,30 @@ def embed_args(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def _follow(sock: socket.socket) -> int:
-    """Relay the host's frames until the tclet's exit; forward our signals to the host."""
+@contextlib.contextmanager
+def signal_pipe(signals: Iterable[int]) -> Iterator[int]:
+    """A pipe's read end that carries each of ``signals`` we get, one byte per signal (the
+    handlers only wake the loop that passes them on). A signal ignored when we started stays
+    ignored (nohup's SIGHUP): it is not the tclet's."""
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
-    previous = {signum: signal.signal(signum, lambda *_: None) for signum in FORWARDED}
+    taken = [s for s in signals if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {signum: signal.signal(signum, lambda *_: None) for signum in taken}
     old_wakeup = signal.set_wakeup_fd(wake_w)
-    reader = FrameReader(MAX_OUTPUT_CHUNK)
     try:
+        yield wake_r
+    finally:
+        signal.set_wakeup_fd(old_wakeup)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        os.close(wake_r)
+        os.close(wake_w)
+
+
+def _follow(sock: socket.socket) -> int:
+    """Relay the host's frames until the tclet's exit; forward our signals to the host."""
+    reader = FrameReader(MAX_OUTPUT_CHUNK)
+    with signal_pipe(FORWARDED) as wake_r:
         while True:
             ready, _, _ = select.select([sock.fileno(), wake_r], [], [])
             if wake_r in ready:
@@ -173,12 +220,6 @@ def _follow(sock: socket.socket) -> int:
                     status = _take(header, payload, sock)
                     if status is not None:
                         return status
-    finally:
-        signal.set_wakeup_fd(old_wakeup)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        os.close(wake_r)
-        os.close(wake_w)
 
 
 def _take(header: dict[str, Any], payload: bytes, sock: socket.socket) -> int | None:
@@ -207,6 +248,8 @@ def status(host: str | Path) -> int:
     with connect(host) as sock:
         sock.sendall(encode({"op": "status"}))
         for header, _ in _frames(sock, FrameReader(0)):
+            if header.get("event") == "hello":
+                continue
             if header.get("event") == "error":
                 return _take(header, b"", sock) or EXIT_SOFTWARE
             tclets = header.get("tclets", [])

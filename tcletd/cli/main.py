@@ -17,8 +17,28 @@ from collections.abc import Callable, Sequence
 from tcletd import __version__
 from tcletd.cli.client import ENV_HOST
 from tcletd.cli.client import default_socket as client_default_socket
+from tcletd.cli.hostcommands import (
+    events_arguments,
+    hostctl,
+    kill_arguments,
+    launch_arguments,
+    logs_arguments,
+    page,
+    page_arguments,
+    ps_arguments,
+    wait_arguments,
+)
+from tcletd.cli.options import (
+    LIMIT_HELP,
+    check_origin,
+    count,
+    nameserver_argument,
+    positive_seconds,
+    seconds,
+    whole,
+)
 from tcletd.policy.actions import ACTIONS
-from tcletd.shared.errors import EXIT_INTERRUPTED, TcletdError
+from tcletd.shared.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, TcletdError
 
 RUN_EPILOG = """\
 exit status:
@@ -39,20 +59,31 @@ examples:
 SERVE_EPILOG = """\
 A resident host keeps its fork server and its imports warm: a tclet run through it
 (tcletd run --host SOCKET, or TCLETD_HOST=SOCKET tcletd run) starts in tens of milliseconds
-instead of the embedded host's few hundred. Each client connection runs one tclet, which ends
-when its client goes away. Only this user (or root) may connect. SIGINT or SIGTERM ends every
+instead of the embedded host's few hundred. A tclet run through it ends when its client goes
+away; one started with tcletd launch belongs to the host: tcletd ps, logs, kill and wait name it
+by id, and tcletd events follows the host's audit records. Only this user (or root) may connect
+(docs/protocol.md documents the control socket's protocol). SIGINT or SIGTERM ends every
 tclet and the host; SIGUSR1 prints a status line per tclet on stderr.
+
+exit status: 0 after SIGINT or SIGTERM; 2 usage; 73 the socket is in use by another live
+host (the message names its pid); 70 internal error.
+"""
+
+PAGE_EPILOG = """\
+Each <embed src=...> of the page is a tclet: src is resolved against the page's URL (a local
+page's is its file: URL); every attribute of the tag is in the tclet's embed_args. A local
+script runs with its file: URL as origin; an http(s) one is fetched by the host and runs with
+the URL it came from as origin (a web page may not embed a local file). Each output line is
+prefixed "NAME | " (the tag's name attribute, else its src).
+
+exit status: the first non-zero status of the tclets, in page order, else 0; 66 the page or a
+script cannot be read or fetched, or the page has no tclets; 2 usage or bad --limit.
 """
 
 POLICY_EPILOG = """\
 exit status (check): 0 allowed, 1 denied, 2 bad policy or arguments.
 exit status (lint): 0 clean, 1 problems found, 2 the file cannot be read or parsed.
 """
-
-
-# ``--limit``'s help comes from the quotas and limits registry, read when help is printed: the
-# registry imports more than a ``tcletd run --host`` should pay for at every start.
-LIMIT_HELP = "(the quotas and limits registry's examples)"
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -90,61 +121,6 @@ class Command:
         self.actions = actions
 
 
-def _count(text: str) -> int:
-    """A count of 1 or more for an option."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    """A duration of more than 0 for an option."""
-    seconds = _seconds(text)
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"expected a duration of more than 0, got {text!r}")
-    return seconds
-
-
-def _seconds(text: str) -> float:
-    """A duration of 0 or more (``60s``, ``2m``, ``0``) for an option."""
-    from tcletd.policy.quantities import parse_duration  # only when the option is given
-
-    try:
-        seconds = parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if not 0 <= seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a duration of 0 or more, got {text!r}")
-    return seconds
-
-
-def _nameserver(text: str) -> str:
-    """``ADDR[:PORT]`` of a DNS server for an option, checked when the option is given."""
-    from tcletd.host.resolver import parse_nameserver
-
-    try:
-        return parse_nameserver(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _nameserver_argument(parser: argparse.ArgumentParser, note: str = "") -> None:
-    parser.add_argument(
-        "--nameserver",
-        action="append",
-        type=_nameserver,
-        default=None,
-        metavar="ADDR[:PORT]",
-        help=f"a DNS server for the names tclets ask for{note} (repeatable; default: "
-        "$TCLETD_NAMESERVERS if set, else the system's resolv.conf; the hosts file is read "
-        "first either way)",
-    )
-
-
 # ---- run --------------------------------------------------------------------------------------
 
 
@@ -166,7 +142,19 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         help=LIMIT_HELP,
     )
     run.add_argument("--audit", default=None, metavar="FILE", help="append audit records here")
-    _nameserver_argument(run, ", on the embedded host (not with --host)")
+    run.add_argument(
+        "--master",
+        default=None,
+        metavar="FILE",
+        help="master config: which policies the tclet may ask for (not with --host)",
+    )
+    run.add_argument(
+        "--policy-dir",
+        default=None,
+        metavar="DIR",
+        help="the operator's policies, looked up by name before the shipped ones (not with --host)",
+    )
+    nameserver_argument(run, ", on the embedded host (not with --host)")
     run.add_argument(
         "--host",
         default=os.environ.get(ENV_HOST) or None,
@@ -174,17 +162,30 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         help="run on a resident host (tcletd serve) listening on SOCKET instead of an embedded "
         f"one (default: ${ENV_HOST} if set)",
     )
-    run.add_argument("script", help="the tclet's script, or - for standard input")
+    run.add_argument(
+        "script", help="the tclet's script: a file, - for standard input, or a URL the host fetches"
+    )
     run.add_argument("args", nargs="*", help="the tclet's argv (after --)")
 
 
+# What a resident host decides for itself, never a client: an option that names one of these.
+_HOST_OWN = (
+    ("nameserver", "--nameserver", "nameservers"),
+    ("master", "--master", "master config"),
+    ("policy_dir", "--policy-dir", "policy directory"),
+)
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.origin is not None:
+        check_origin(args.origin)
     if args.host:
         from tcletd.cli import client
 
-        if args.nameserver:
-            print("tcletd: --nameserver: a resident host uses its own nameservers", file=sys.stderr)
-            return 2
+        for attribute, option, what in _HOST_OWN:
+            if getattr(args, attribute):
+                print(f"tcletd: {option}: a resident host uses its own {what}", file=sys.stderr)
+                return 2
         return client.run(args, args.host)
     from tcletd.cli import runner
 
@@ -198,7 +199,7 @@ def _check_arguments(check: argparse.ArgumentParser) -> None:
     check.add_argument("--policy", default="home", help="policy name or TOML file")
     check.add_argument("--origin", default=None, help="the tclet's origin URL")
     check.add_argument("--action", default="connect", choices=list(ACTIONS))
-    _nameserver_argument(check, ", as the host would use it")
+    nameserver_argument(check, ", as the host would use it")
     check.add_argument("host")
     check.add_argument("port")
 
@@ -231,12 +232,12 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument("--audit", default=None, metavar="FILE", help="append audit records here")
     serve.add_argument("--master", default=None, metavar="FILE", help="master config (policies)")
-    _nameserver_argument(serve)
+    nameserver_argument(serve)
     serve.add_argument("--max-workers", type=int, default=64, help="tclets at once (64)")
     serve.add_argument("--max-sockets", type=int, default=1024, help="sockets at once (1024)")
     serve.add_argument(
         "--max-connections",
-        type=_count,
+        type=count,
         default=256,
         metavar="N",
         help="client connections at once (256); at the cap a new one evicts the one idle the "
@@ -244,14 +245,14 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--frame-deadline",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=10.0,
         metavar="DURATION",
         help="how long a client may take to send a whole frame from its first byte (10s)",
     )
     serve.add_argument(
         "--idle-deadline",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=30.0,
         metavar="DURATION",
         help="how long a connection without a tclet may go without a request (30s)",
@@ -265,11 +266,24 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--penalty",
-        type=_seconds,
+        type=seconds,
         default=60.0,
         metavar="DURATION",
         help="how long a site whose tclet was ended at a limit stays in the penalty box, where "
         "its tclets start demoted and at most one a second (60s; 0: no box)",
+    )
+    serve.add_argument(
+        "--log-dir",
+        default=None,
+        metavar="DIR",
+        help="also write each tclet's output to DIR/ID.log (up to 16 MiB each)",
+    )
+    serve.add_argument(
+        "--keep-ended",
+        type=whole,
+        default=1000,
+        metavar="N",
+        help="ended tclets kept for ps --all, logs and wait (1000)",
     )
 
 
@@ -344,6 +358,34 @@ COMMANDS = (
     Command(
         "status", "list the tclets running on a resident host", _status, arguments=_status_arguments
     ),
+    Command(
+        "launch",
+        "start a detached tclet on a resident host; print its id",
+        hostctl("launch"),
+        arguments=launch_arguments,
+    ),
+    Command("ps", "list a resident host's tclets", hostctl("ps"), arguments=ps_arguments),
+    Command("logs", "print a tclet's output", hostctl("logs"), arguments=logs_arguments),
+    Command("kill", "end a tclet on a resident host", hostctl("kill"), arguments=kill_arguments),
+    Command(
+        "wait",
+        "wait for a tclet to end; exit with its status",
+        hostctl("wait"),
+        arguments=wait_arguments,
+    ),
+    Command(
+        "events",
+        "print a resident host's audit records (JSON lines)",
+        hostctl("events"),
+        arguments=events_arguments,
+    ),
+    Command(
+        "page",
+        "run every <embed src=...> tclet of a web page at once, output prefixed by name",
+        page,
+        arguments=page_arguments,
+        epilog=PAGE_EPILOG,
+    ),
     Command("version", "print tcletd, Python, pyzmq and Tcl versions", _version),
     Command("doctor", "check that this machine can run tclets", _doctor),
 )
@@ -385,12 +427,40 @@ def _add_commands(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    handle: Handler = args.handle
     try:
-        return handle(args)
+        args = build_parser().parse_args(argv)  # help, too, may meet a closed pipe
+        handle: Handler = args.handle
+        status = handle(args)
+        if sys.stdout is not None:  # None: started with stdout closed (>&-)
+            sys.stdout.flush()  # a broken pipe shows here, not in the interpreter's last flush
+        return status
     except TcletdError as exc:
         print(f"tcletd: {exc}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError as exc:
+        from tcletd.shared.streams import OwnStreamGone
+
+        if not (isinstance(exc, OwnStreamGone) or _reader_gone()):
+            raise  # a socket's, not our output's: a real failure
+        return EXIT_BROKEN_PIPE
+
+
+def _reader_gone() -> bool:
+    """Whether stdout or stderr is a pipe (or socket) whose reader went away (``tcletd doctor |
+    head -1``); each one that is becomes /dev/null, so that the interpreter's last flush cannot
+    fail."""
+    import select
+
+    gone = False
+    poll = select.poll()
+    for fd in (1, 2):
+        poll.register(fd, 0)  # always reported: POLLERR for a pipe, POLLHUP for a socket
+    for fd, events in poll.poll(0):
+        if events & (select.POLLERR | select.POLLHUP):
+            gone = True
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+    return gone

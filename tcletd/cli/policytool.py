@@ -26,7 +26,7 @@ from tcletd.policy import (
     known_policies,
     load_policy,
 )
-from tcletd.policy.addresses import CanonicalHost, IPAddress
+from tcletd.policy.addresses import CanonicalHost, IPAddress, origin_problem
 from tcletd.policy.files import (
     SOCKET_OPTIONS,
     UnreadableError,
@@ -66,9 +66,10 @@ def _resolve(
 def check(args: argparse.Namespace) -> int:
     """Decide one request as the host would; print the decision; 0 allowed, 1 denied."""
     policy = load_policy(args.policy)
+    problem = None if args.origin is None else origin_problem(args.origin)
+    if problem is not None:
+        raise ConfigError(problem, key="--origin")
     origin = Origin.parse(args.origin)
-    if args.origin is not None and not origin.known:
-        raise ConfigError(f"cannot parse origin URL {args.origin!r}", key="--origin")
     action: str = args.action
     spec = ACTIONS[action]
     host_text = spec.target_host(args.host, origin)

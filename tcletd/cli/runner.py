@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tcletd import __version__
-from tcletd.cli.client import launch_fields, read_script, status_line
+from tcletd.cli.client import is_url, launch_fields, read_script, status_line
 from tcletd.shared.errors import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, TcletdError
 from tcletd.shared.states import signal_ending
 
@@ -26,13 +26,15 @@ if TYPE_CHECKING:
     from tcletd.host.tclet import Tclet
 
 
-def _check_limits(policy: str | None, limits: list[str]) -> None:
-    """Fail fast (exit 2, naming the key) on a bad ``--limit``, before any tclet starts."""
+def _check_limits(policy: str | None, limits: list[str], policy_dir: str | None = None) -> None:
+    """Fail fast (exit 2, naming the key) on a bad ``--limit``, before any tclet starts; the
+    policy is looked up as the host will (``--policy-dir`` first)."""
     if limits:
         from tcletd.api import DEFAULT_POLICY
         from tcletd.policy import load_policy
 
-        load_policy(policy or DEFAULT_POLICY).with_overrides(*limits)
+        directory = None if policy_dir is None else Path(policy_dir)
+        load_policy(policy or DEFAULT_POLICY, directory).with_overrides(*limits)
 
 
 async def _take_signals(queue: asyncio.Queue[int], tclet: Tclet, show: Callable[[], None]) -> None:
@@ -47,25 +49,32 @@ async def _take_signals(queue: asyncio.Queue[int], tclet: Tclet, show: Callable[
 
 def run(args: argparse.Namespace) -> int:
     """Run one tclet; the exit status is the tclet's, or the host's status for how it ended it."""
-    script, script_name = read_script(args.script)
+    url = args.script if is_url(args.script) else None
+    script, script_name = ("", args.script) if url else read_script(args.script)
     from tcletd.host import forkserver
 
     # First, so that the fork server's own start-up overlaps the host's imports below (asyncio
     # and the policy engine included: this module imports them late for that reason). A bad
     # --limit still fails before any tclet starts; the fork server goes when we exit.
     forkserver.start()
-    _check_limits(args.policy, args.limit)
+    _check_limits(args.policy, args.limit, args.policy_dir)
     import asyncio
 
     from tcletd.api import Host
     from tcletd.shared.launch import LaunchRequest
 
-    request = LaunchRequest(**launch_fields(args, script, script_name))
+    asked = LaunchRequest(**launch_fields(args, script, script_name, url=url))
 
     async def main() -> int:
         async with Host(
-            audit=args.audit, nameservers=args.nameserver, cgroups=_cgroups_wanted()
+            audit=args.audit,
+            nameservers=args.nameserver,
+            master=args.master,
+            policy_dir=args.policy_dir,
+            cgroups=_cgroups_wanted(),
         ) as host:
+            # A URL's script is fetched here (FetchFailed: "fetch URL: cause", exit 66).
+            request = await host.prepare(asked)
             tclet = host.launch_request(request)
             loop = asyncio.get_running_loop()
             signals: asyncio.Queue[int] = asyncio.Queue()
@@ -112,6 +121,8 @@ def serve(args: argparse.Namespace) -> int:
             nameservers=args.nameserver,
             policy_dir=args.policy_dir,
             cgroups=_cgroups_wanted(),
+            log_dir=args.log_dir,
+            keep_ended=args.keep_ended,
         )
         bounds = Bounds(
             max_connections=args.max_connections,
@@ -154,10 +165,11 @@ def doctor(*, verbose: bool) -> int:
         import tkinter
 
         tcl = tkinter.Tcl()
-        print(f"Tcl {tcl.eval('info patchlevel')}")
+        patchlevel = tcl.eval("info patchlevel")
     except Exception as exc:
         print(f"Tcl unavailable: {exc}")
         return EXIT_UNAVAILABLE
+    print(f"Tcl {patchlevel}")  # outside the try: a closed stdout is not Tcl's failure
     if verbose:
         from tcletd.worker.channels import probe
 

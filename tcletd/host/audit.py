@@ -8,8 +8,10 @@ fields of each event are documented in ``docs/audit.md``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -23,26 +25,48 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Records kept in memory for ``tcletd events`` (without --follow: what happened lately).
+KEEP_RECORDS = 1000
+Subscriber = Callable[[dict[str, Any]], None]
+
 
 class AuditLog:
-    """Appends JSON lines to a file; a disabled log (no path) drops records at no cost."""
+    """Appends JSON lines to a file (if it has one), keeps the last ``keep`` records in memory and
+    hands each new one to its subscribers (``tcletd events``)."""
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, keep: int = KEEP_RECORDS) -> None:
         self.path = Path(path) if path else None
         self._file: IO[bytes] | None = None
         self._encoder = msgspec.json.Encoder()
         self.lost = 0  # records that could not be written
+        self.recent: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._subscribers: list[Subscriber] = []
         if self.path is not None:
             self._file = self.path.open("ab", buffering=0)
 
     @property
     def enabled(self) -> bool:
-        return self._file is not None
+        """Whether records are wanted: the recent ones are always kept for ``tcletd events``,
+        unless ``keep`` is 0 and there is no file."""
+        return self._file is not None or self.recent.maxlen != 0 or bool(self._subscribers)
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Hand ``subscriber`` every record from now on; returns what stops it."""
+        self._subscribers.append(subscriber)
+
+        def stop() -> None:
+            with contextlib.suppress(ValueError):
+                self._subscribers.remove(subscriber)
+
+        return stop
 
     def record(self, event: str, **fields: Any) -> None:
+        entry = {"time": round(time.time(), 6), "event": event, **fields}
+        self.recent.append(entry)
+        for subscriber in list(self._subscribers):
+            subscriber(entry)
         if self._file is None:
             return
-        entry = {"time": round(time.time(), 6), "event": event, **fields}
         try:
             # Opened once, at start: writing needs no new descriptor, so the log goes on when
             # the host is out of them (EMFILE).

@@ -1,22 +1,17 @@
-"""The resident host's control endpoint (``tcletd serve``): clients launch, follow and end tclets.
+"""The resident host's control endpoint (``tcletd serve``): the Unix socket, accepting and
+admitting clients, and keeping the endpoint's bounds.
 
-Host side of the trust boundary, facing the operator's clients (:mod:`tcletd.cli.client` is the
-other end; :mod:`tcletd.shared.control` defines the frames). A client is trusted as the operator
-only once the kernel says it runs as the host's own user or root (``SO_PEERCRED``); the socket
-itself lives in a 0700 directory. Every frame is still checked: a malformed one gets an error
-naming the field and the connection is closed, and nothing is launched. This module frames and
-dispatches; what each ``op`` does is its operation's, in the registry of :mod:`tcletd.host.ops`.
-
-One connection runs at most one tclet, and the tclet lives as long as the connection: a client
-that goes away takes its tclet with it (``client went away``). Output is relayed as frames; when
-a client reads slower than its tclet writes, the host stops reading that tclet's output (the
-worker's writes then block) instead of buffering for it.
+Host side of the trust boundary, facing the operator's clients. What one client's connection does
+(its frames, the hello, the operations it asks for) is :mod:`tcletd.host.connection`'s; the
+frames are :mod:`tcletd.shared.control`'s and docs/protocol.md documents them. The socket lives
+in a 0700 directory (:mod:`tcletd.host.control_path`), and only the host's own user or root may
+use it.
 
 The endpoint is bounded (:mod:`tcletd.host.bounds`: connections, deadlines, bytes held for
 incomplete frames, frames handled per loop turn), and accepting goes on at EMFILE: a reserve
 descriptor is given up to accept one connection, which evicts an idle one or is told why not.
 Each connection closed or refused to keep the bounds is audited, rate-limited
-(:mod:`tcletd.host.control_audit`); the socket's path is :mod:`tcletd.host.control_path`'s.
+(:mod:`tcletd.host.control_audit`).
 """
 
 from __future__ import annotations
@@ -28,267 +23,23 @@ import functools
 import logging
 import os
 import socket
-import struct
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tcletd.host.bounds import Bounds, Held, overdue, victim_for
+from tcletd.host.connection import ControlConnection
 from tcletd.host.control_audit import ControlAudit
 from tcletd.host.control_path import claim, release
 from tcletd.host.host import Host
-from tcletd.host.ops import OPERATIONS, NotAnOperation, unknown_op
-from tcletd.host.tclet import Tclet
-from tcletd.shared.control import MAX_SCRIPT, FrameError, FrameReader, encode
-from tcletd.shared.errors import EXIT_SOFTWARE, EXIT_TEMPFAIL, EXIT_USAGE, TcletdError
-from tcletd.shared.states import EXIT_TERMINATED
 
 log = logging.getLogger(__name__)
 
-# Output frames queued for a client before the host stops reading its tclet's output.
-HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
-# Replies queued for a client that runs a tclet and does not read them (a flood of status
-# requests); its tclet's output alone stays near HIGH_WATER, held at the relay.
-MAX_QUEUED = 8 * 1024 * 1024
-# Seconds a refused client's link stays half-closed before the host closes it.
-FAILED_LINGER = 5.0
 # Connections accepted per readiness of the listening socket: the rest wait for the next turn.
 # Each holds a descriptor before it is admitted (or evicts), so this is what the host may hold
 # beyond its cap for a turn: at 64, 200 idle connections took a cap-16 host to EMFILE.
 ACCEPT_PER_TURN = 8
 ACCEPT_RETRY = 0.1  # seconds, when out of descriptors with none in reserve
-
-
-def peer_credentials(sock: socket.socket) -> dict[str, int]:
-    """The connected client's ``pid`` and ``uid``, as the kernel saw them at connect."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, _gid = struct.unpack("3i", creds)
-    return {"pid": pid, "uid": uid}
-
-
-class ControlConnection(asyncio.Protocol):
-    """One client: at most one run, status answers, signals passed on to its tclet (the
-    :class:`~tcletd.host.ops.Session` its operations act on)."""
-
-    def __init__(
-        self,
-        host: Host,
-        done: Callable[[ControlConnection], None],
-        bounds: Bounds | None = None,
-        held: Held | None = None,
-        admit: Callable[[ControlConnection], bool] | None = None,
-        audit: ControlAudit | None = None,
-    ) -> None:
-        """``done`` is told when the connection is gone; ``admit``, when it is made, whether it
-        may stay (it was told why not); ``audit`` records the bounds' closings."""
-        self.host = host
-        self._bounds_audit = audit
-        self._done = done
-        self._admit = admit
-        self.bounds = bounds or Bounds()
-        self._held = held or Held(self.bounds.max_held)
-        self._holding = 0  # this connection's part of _held
-        self._reader = FrameReader(MAX_SCRIPT)
-        self._transport: asyncio.Transport | None = None
-        self.tclet: Tclet | None = None
-        self.follow: asyncio.Task[None] | None = None
-        self.closing = False  # failed, evicted or refused: on its way out, slot given back
-        self.client: dict[str, int] = {}
-        self.since = time.monotonic()  # connected, or last completed a request
-        self.frame_since: float | None = None  # first byte of the frame not yet complete
-        self._paused = False  # reading paused until the next turn (per_turn frames handled)
-        self._write_paused = False
-        self._turn: asyncio.Handle | None = None
-        self.starved = False  # accepted on the reserve descriptor, the host out of them
-
-    @property
-    def idle(self) -> bool:
-        """Whether it has no tclet (it may be closed after ``idle_deadline`` without a request)."""
-        return self.tclet is None
-
-    @property
-    def working(self) -> bool:
-        """Whether it runs a tclet (the only connections the host does not evict)."""
-        return self.tclet is not None and self.follow is not None and not self.follow.done()
-
-    # ---- asyncio.Protocol ---------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
-        self.client = peer_credentials(transport.get_extra_info("socket"))
-        uid = self.client["uid"]
-        if uid not in (os.getuid(), 0):
-            self._fail(f"permission denied: uid {uid} is not this host's user", EXIT_USAGE)
-        elif self._admit is not None:
-            self._admit(self)
-
-    def data_received(self, data: bytes) -> None:
-        if self.closing:
-            return
-        if self.frame_since is None:
-            self.frame_since = time.monotonic()
-        self._reader.push(data)
-        if self._account():
-            self._work()
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-        if self.tclet is not None:
-            self.tclet.output.hold(True)
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        if self.tclet is not None:
-            self.tclet.output.hold(False)
-        self._work()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.tclet is not None and self.follow is not None and not self.follow.done():
-            self.end("client went away", EXIT_TERMINATED)
-        self._release()
-        if self._turn is not None:
-            self._turn.cancel()
-        self._transport = None
-        self._done(self)
-
-    # ---- requests -----------------------------------------------------------------------------
-
-    def _work(self) -> None:
-        """Handle up to ``per_turn`` buffered frames; more wait for the next loop turn, with this
-        connection's reading paused, so that one client's flood delays nobody else."""
-        self._turn = None
-        transport = self._transport
-        if transport is None or self.closing:
-            return
-        for _ in range(self.bounds.per_turn):
-            if self._write_paused and self.tclet is None:
-                self._pause(transport)  # resume_writing takes it up again
-                return
-            if self._write_paused and transport.get_write_buffer_size() > MAX_QUEUED:
-                self._fail(f"client does not read its replies ({MAX_QUEUED} bytes queued)")
-                return
-            try:
-                frame = self._reader.next()
-                if frame is None:
-                    break
-                self._take(*frame)
-            except TcletdError as exc:
-                self._fail(str(exc), exc.exit_status if self.tclet is None else EXIT_SOFTWARE)
-                return
-            except Exception as exc:  # the host goes on; the client learns it failed
-                log.exception("control request failed")
-                self._fail(f"internal error: {exc}", EXIT_SOFTWARE)
-                return
-            self.since = time.monotonic()
-            self.frame_since = self.since if self._reader.partial else None
-        else:
-            self._pause(transport)
-            self._turn = asyncio.get_running_loop().call_soon(self._work)
-            self._account()
-            return
-        self._account()
-        if self._paused:
-            self._paused = False
-            transport.resume_reading()
-
-    def _pause(self, transport: asyncio.Transport) -> None:
-        if not self._paused:
-            self._paused = True
-            transport.pause_reading()
-
-    def _account(self) -> bool:
-        """Count this connection's buffered bytes in the host's total; past the cap, fail it."""
-        refusal = self._held.move(self._holding, self._reader.buffered)
-        if refusal is not None:
-            if self._bounds_audit is not None:
-                self._bounds_audit("held_bytes", self.client, refusal)
-            self._fail(refusal, EXIT_TEMPFAIL)
-            return False
-        self._holding = self._reader.buffered
-        return True
-
-    def _release(self) -> None:
-        self._reader.clear()
-        self._held.total, self._holding = self._held.total - self._holding, 0
-
-    def _take(self, header: dict[str, Any], payload: bytes) -> None:
-        """Hand the frame to the operation it names."""
-        op = header.get("op")
-        operation = OPERATIONS.get(op) if isinstance(op, str) else None
-        try:
-            if operation is None:
-                raise NotAnOperation
-            operation.handle(self, header, payload)
-        except NotAnOperation:
-            raise FrameError(unknown_op(op)) from None
-
-    async def _follow(self, tclet: Tclet) -> None:
-        result = await tclet.wait()
-        self.send(
-            {
-                "event": "exit",
-                "status": result.status,
-                "reason": result.reason,
-                "by_host": result.by_host,
-            }
-        )
-        if self._transport is not None:
-            self._transport.close()
-
-    # ---- what operations do (ops.Session) -----------------------------------------------------
-
-    def adopt(self, tclet: Tclet) -> None:
-        self.tclet = tclet
-        self.follow = asyncio.get_running_loop().create_task(self._follow(tclet))
-
-    def output(self, stream: str) -> Callable[[bytes], None]:
-        def sink(data: bytes) -> None:
-            self.send({"event": stream}, data)
-
-        return sink
-
-    def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(encode(header, payload))
-
-    def end(self, reason: str, status: int) -> None:
-        assert self.tclet is not None
-        task = asyncio.get_running_loop().create_task(self.tclet.end(reason, status))
-        _ENDING.add(task)
-        task.add_done_callback(_ENDING.discard)
-
-    def _fail(self, message: str, status: int = EXIT_SOFTWARE) -> None:
-        """Tell the client what was wrong and hang up; a running tclet ends with the link.
-
-        Half-close first: closing with the client's unread bytes still queued here would send
-        a reset that can overtake the error. Whatever else it sends is ignored; the link goes
-        when the client closes, or after FAILED_LINGER seconds.
-        """
-        self.closing = True
-        self._release()
-        self.send({"event": "error", "message": message, "status": status})
-        transport = self._transport
-        if transport is not None and not transport.is_closing():
-            if self._paused:
-                self._paused = False
-                transport.resume_reading()  # to see the client's close
-            transport.write_eof()
-            asyncio.get_running_loop().call_later(FAILED_LINGER, transport.close)
-
-    def hang_up(self, message: str) -> None:
-        """Evict or refuse: tell the client why and close now (its slot is wanted)."""
-        self.closing = True
-        self._release()
-        self.send({"event": "error", "message": message, "status": EXIT_TEMPFAIL})
-        if self._transport is not None:
-            self._transport.close()  # after what is queued: the error goes first
-
-
-_ENDING: set[asyncio.Task[None]] = set()  # strong references to end tasks until they finish
 
 
 class ControlServer:

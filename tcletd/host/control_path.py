@@ -11,9 +11,10 @@ import contextlib
 import fcntl
 import os
 import socket
+import struct
 from pathlib import Path
 
-from tcletd.shared.errors import TcletdError
+from tcletd.shared.errors import InUse, TcletdError
 
 _LOCKS: dict[Path, int] = {}  # the control sockets this process serves on: their locks
 
@@ -31,19 +32,36 @@ def claim(path: Path) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(lock)
-        raise TcletdError(f"{path}: a tcletd host is already serving there") from None
+        raise InUse(in_use(path, holder(path))) from None
     if path.exists() or path.is_symlink():
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(path))
-        except OSError:
+        pid = holder(path)
+        if pid is None:
             path.unlink()  # stale: its host is gone
         else:
             os.close(lock)
-            raise TcletdError(f"{path}: a tcletd host is already serving there")
-        finally:
-            probe.close()
+            raise InUse(in_use(path, pid))
     _LOCKS[path] = lock
+
+
+def holder(path: Path) -> int | None:
+    """The pid of the host listening on ``path`` (the kernel's record of who called listen), or
+    None when nothing answers there."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+        creds = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    pid: int = struct.unpack("3i", creds)[0]
+    return pid
+
+
+def in_use(path: Path, pid: int | None) -> str:
+    # No pid: its lock is held but nothing listens yet (a host starting up).
+    who = f"pid {pid}" if pid is not None else "starting up"
+    return f"serve: {path} is in use by a tcletd host ({who})"
 
 
 def release(path: Path) -> None:

@@ -12,6 +12,7 @@ the :class:`tcletd.host.tclet.Tclet`'s: the Enforcer asks for it.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING
 
@@ -106,7 +107,7 @@ class Enforcer:
         maximum = (
             getattr(limits, msg.limit) if given and given.worker and given.table == "limits" else 0
         )
-        if not maximum:
+        if not maximum or math.isinf(maximum):  # 0 or unlimited: the worker was given none
             tclet.violation(f"limit hit for a limit it was not given: {msg.limit[:40]!r}")
             return
         # The host cannot see inside the interpreter: the value is what the worker reports.

@@ -18,22 +18,31 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ParamSpec
 
+import msgspec
+
 from tcletd.host.audit import AuditLog, TcletRecords
 from tcletd.host.broker import Broker
 from tcletd.host.cgroups import Cgroups
+from tcletd.host.fetch import fetch_script
 from tcletd.host.hub import Hub
+from tcletd.host.ids import TcletIds
+from tcletd.host.outputlog import DEFAULT_KEEP, OutputLog
 from tcletd.host.quotas import HostFull, HostTotals, ceilings, workers_message
+from tcletd.host.registry import DEFAULT_KEEP_ENDED, TcletTable
 from tcletd.host.resolver import Resolver, nameservers_from
 from tcletd.host.rundir import RunDir, reclaim
 from tcletd.host.supervisor import Supervisor
 from tcletd.host.tclet import Services, Tclet
+from tcletd.host.verbs import TcletVerbs
 from tcletd.host.watchdog import PENALTY, PENALTY_LAUNCH, PenaltyBox, PenaltyHeld, Watchdog
 from tcletd.policy import Origin, Policy, load_policy
+from tcletd.policy.addresses import origin_problem
 from tcletd.policy.master import MasterConfig, load_master
 from tcletd.policy.quantities import worker_limits
 from tcletd.shared import protocol as p
 from tcletd.shared.errors import ConfigError
 from tcletd.shared.launch import DEFAULT_SCRIPT_NAME, LaunchRequest
+from tcletd.shared.origins import default_origin
 from tcletd.shared.states import EXIT_TERMINATED, TcletResult
 from tcletd.shared.streams import OwnWriter
 
@@ -63,7 +72,7 @@ def _to_its_end(launch: Callable[_P, Tclet]) -> Callable[_P, Coroutine[Any, Any,
     return run_tclet
 
 
-class Host:
+class Host(TcletVerbs):
     """Runs tclets, each in its own worker process, under the policies it is given."""
 
     def __init__(
@@ -78,6 +87,9 @@ class Host:
         policy_dir: str | Path | None = None,
         cgroups: bool = True,
         nameservers: Sequence[str] | None = None,
+        keep_ended: int = DEFAULT_KEEP_ENDED,
+        keep_output: int = DEFAULT_KEEP,
+        log_dir: str | Path | None = None,
     ) -> None:
         """``grace``: seconds between SIGTERM and SIGKILL when the host ends a worker;
         ``penalty``: seconds a site whose tclet was ended at a limit stays in the penalty box,
@@ -86,7 +98,11 @@ class Host:
         shipped ones (and before them); ``cgroups``: run each worker in a cgroup of its own
         (hard memory and pids limits, CPU weight) where the host may create one;
         ``nameservers``: ``ADDR[:PORT]`` of the DNS servers for tclets' names (default
-        ``$TCLETD_NAMESERVERS``, else the system's); a bad one raises ValueError naming it."""
+        ``$TCLETD_NAMESERVERS``, else the system's); a bad one raises ValueError naming it;
+        ``keep_ended``: how many ended tclets :meth:`list` and :meth:`logs` still know;
+        ``keep_output``: bytes of each tclet's output kept for :meth:`logs` (the oldest go
+        first); ``log_dir``: a directory where each tclet's output is also written, to
+        ``ID.log`` (up to 16 MiB each)."""
         if not penalty >= 0:
             raise ValueError(f"Host(penalty=...): seconds must be 0 or more, not {penalty!r}")
         self._penalty = penalty
@@ -95,6 +111,15 @@ class Host:
         self._policy_dir = None if policy_dir is None else Path(policy_dir)
         if self._policy_dir is not None and not self._policy_dir.is_dir():
             raise ConfigError("policy directory: not a directory", file=str(policy_dir))
+        self._log_dir = None if log_dir is None else Path(log_dir)
+        if self._log_dir is not None and not self._log_dir.is_dir():
+            raise ConfigError("log directory: not a directory", file=str(log_dir))
+        if keep_ended < 0 or keep_output < 0:
+            raise ValueError("Host(keep_ended=..., keep_output=...): 0 or more")
+        self._keep_output = keep_output
+        self._ids = TcletIds()
+        self._tclets: dict[str, Tclet] = {}
+        self.table = TcletTable(self._tclets, keep=keep_ended)
         self._audit_path = audit
         self._master_path = master
         self._grace = grace
@@ -136,6 +161,8 @@ class Host:
             totals=self._totals,
             penalties=PenaltyBox(self._penalty),
             policy_dir=self._policy_dir,
+            tclets=self._tclets,
+            on_ended=self.table.ended,
         )
         self._watchdog = Watchdog(self._services.tclets)
         self._watchdog.start(loop)
@@ -202,6 +229,7 @@ class Host:
         on_stderr: Callable[[bytes], None] | None = None,
         limits: Sequence[str] = (),
         client: Mapping[str, int] | None = None,
+        detached: bool = False,
     ) -> Tclet:
         """Start a tclet and return at once; ``await tclet.wait()`` for its result.
 
@@ -213,6 +241,11 @@ class Host:
         total, raises :class:`HostFull`; from a site in the penalty box less than a second after
         its last launch, :class:`PenaltyHeld`. ``client`` (who asked for the tclet: the resident
         host's client's ``pid`` and ``uid``) is recorded in the audit log's launch record.
+        ``detached``: its output is only kept for :meth:`logs` (and the log directory), not
+        written to our stdout and stderr. Without ``origin`` the tclet's origin is what
+        ``tcletd run -`` gives a script without a file, the current directory's ``file://`` URL
+        (:func:`~tcletd.shared.origins.default_origin`: socket host ``localhost``); a given
+        ``origin`` that cannot be parsed raises ConfigError naming ``origin``.
         """
         loaded: Policy | None = None
         if isinstance(policy, Policy):
@@ -221,16 +254,36 @@ class Host:
             script=script,
             script_name=script_name,
             policy=None if policy is None else str(policy),  # a name, or a file's path
-            origin=origin,
+            origin=origin if origin is not None else default_origin(),
             argv=list(argv),
             embed_args=dict(embed_args or {}),
             limits=list(limits),
         )
         return self.launch_request(
-            request, policy=loaded, on_stdout=on_stdout, on_stderr=on_stderr, client=client
+            request,
+            policy=loaded,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+            client=client,
+            detached=detached,
         )
 
     run_tclet = _to_its_end(launch)
+
+    async def prepare(self, request: LaunchRequest) -> LaunchRequest:
+        """``request`` ready to launch: a script named by ``url`` fetched (raises
+        :class:`~tcletd.host.fetch.FetchFailed` naming the URL and the cause), its origin the
+        final URL unless the request gave one; any other request as it is."""
+        if request.url is None:
+            return request
+        fetched = await fetch_script(request.url)
+        return msgspec.structs.replace(
+            request,
+            script=fetched.text,
+            script_name=request.url,
+            origin=request.origin if request.origin is not None else fetched.url,
+            url=None,
+        )
 
     def launch_request(
         self,
@@ -240,12 +293,16 @@ class Host:
         on_stdout: Callable[[bytes], None] | None = None,
         on_stderr: Callable[[bytes], None] | None = None,
         client: Mapping[str, int] | None = None,
+        detached: bool = False,
     ) -> Tclet:
         """Start the tclet ``request`` describes (the control server's and the CLI's way in; the
         rest is as for :meth:`launch`). ``policy``: a loaded policy to use instead of loading
-        ``request.policy``."""
+        ``request.policy``. ``request.origin`` None is no origin (unknown); one that cannot be
+        parsed raises ConfigError naming ``origin``."""
         if self._services is None:
             raise RuntimeError("Host is not started")
+        if request.origin is not None and (problem := origin_problem(request.origin)):
+            raise ConfigError(problem, key="origin")
         if self._totals.workers >= self._totals.max_workers:
             raise HostFull(workers_message(self._totals.max_workers))
         fixed = policy is not None or request.policy is not None
@@ -253,7 +310,7 @@ class Host:
             name = request.policy if request.policy is not None else DEFAULT_POLICY
             policy = load_policy(name, self._policy_dir)
         policy = policy.with_overrides(*request.limits)
-        tclet_id = secrets.token_hex(16)
+        tclet_id = self._ids()
         where = Origin.parse(request.origin)
         spec = p.WorkerSpec(
             tclet_id=tclet_id,
@@ -273,16 +330,21 @@ class Host:
             ),
         )
         defaults = (("stdout", on_stdout), ("stderr", on_stderr))
-        own = [self._own_writer(name) for name, given in defaults if given is None]
+        own = [] if detached else [self._own_writer(n) for n, given in defaults if given is None]
+        sinks = {
+            n: given or (None if detached else self._own_writer(n).write) for n, given in defaults
+        }
+        log_path = None if self._log_dir is None else self._log_dir / f"{tclet_id}.log"
         tclet = Tclet(
             self._services,
             spec,
             policy,
             where,
             policy_fixed=fixed,
-            on_stdout=on_stdout or self._own_writer("stdout").write,
-            on_stderr=on_stderr or self._own_writer("stderr").write,
+            on_stdout=sinks["stdout"],
+            on_stderr=sinks["stderr"],
             overrides=request.limits,
+            log=OutputLog(self._keep_output, log_path),
         )
         for writer in own:  # a stalled reader of ours holds the tclet's output (backpressure)
             writer.watch(tclet.output)

@@ -64,6 +64,7 @@ class OutputRelay:
         self._eof: dict[str, asyncio.Future[None]] = {}
         self._paused: dict[str, asyncio.TimerHandle] = {}  # paced streams between two reads
         self._held = False
+        self._holders: set[object] = set()  # the consumers holding the relay
         # Set by an embedder whose sinks buffer (the embedded host's own stdout, bounded at its
         # close): once the worker is gone, read its last bytes even while held, rather than
         # wait out drained()'s timeout (a held wall=3s tclet ended at 6 s, 3 s after its kill).
@@ -80,11 +81,16 @@ class OutputRelay:
         self._eof = {name: self._loop.create_future() for name in STREAMS}
         self._follow()
 
-    def hold(self, held: bool) -> None:
-        """Stop (or go on) reading: a full sink blocks the worker's writes."""
+    def hold(self, held: bool, by: object = None) -> None:
+        """Stop (or go on) reading for the consumer ``by``: while any consumer holds the relay
+        (its sink is full) the host reads nothing, and the worker's writes block."""
         if self._final:
             return
-        self._held = held
+        if held:
+            self._holders.add(by)
+        else:
+            self._holders.discard(by)
+        self._held = bool(self._holders)
         self._follow()
 
     def pace(self) -> None:

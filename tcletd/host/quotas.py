@@ -23,7 +23,9 @@ output as the host reads it from the worker's socketpairs.
   duplicate before hand-over; it is per socket (the kernel knows no per-process rate). It takes
   effect with the fq qdisc or, since Linux 4.13, TCP's internal pacing, which also paces
   loopback (measured: 4 MiB at 1 MiB/s acknowledged in 3.6 s; unpaced in 0.02 s).
-- **output_bytes**: stdout plus stderr, counted as the host reads them.
+- **output_bytes**: stdout plus stderr, counted as the host reads them. Unlimited by default:
+  output is a stream the host relays with backpressure and never buffers
+  (:mod:`tcletd.host.output`), so its volume costs the host no memory.
 
 A request over a quota is refused with :class:`QuotaRefused`, a Tcl error that names the quota
 and its value (``too many open sockets (limit 8)``) and changes nothing else.
@@ -290,10 +292,11 @@ class TcletQuotas:
     # ---- output -------------------------------------------------------------------------------
 
     def add_output(self, n: int) -> int:
-        """Count ``n`` bytes of output; how many of them fit in the quota."""
-        room = max(0, int(self.quotas.output_bytes) - self.output)
+        """Count ``n`` bytes of output; how many of them fit in the quota (all of them when it
+        is unlimited: ``min`` with infinity)."""
+        room = max(0, self.quotas.output_bytes - self.output)
         self.output += n
-        return min(n, room)
+        return int(min(n, room))
 
     @property
     def over_output(self) -> bool:

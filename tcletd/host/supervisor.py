@@ -49,9 +49,14 @@ class WorkerProcess:
     oom_kills: int = 0  # the kernel's OOM kills at its cgroup's memory limit, read at its exit
     memory_peak: int = 0  # the most memory its cgroup was charged, read at its exit
 
+    def __post_init__(self) -> None:
+        # Kept: the process object is closed when the host forgets the worker, and an ended
+        # tclet still shows its pid (tcletd ps --all).
+        self._pid = int(self.process.pid)
+
     @property
     def pid(self) -> int:
-        return int(self.process.pid)
+        return self._pid
 
     def status(self) -> int | None:
         """The exit status, shell style: 128+N for a death by signal N, None while running."""
@@ -61,7 +66,8 @@ class WorkerProcess:
         return 128 - int(code) if code < 0 else int(code)
 
     def signal(self, signum: int) -> None:
-        if self.process.exitcode is None:
+        # Not once reaped: its pid may be another process's by now.
+        if not self.exited.done() and self.process.exitcode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signum)
 

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from tcletd.host.broker import Broker, start_eagerly
 from tcletd.host.enforcement import Enforcer
 from tcletd.host.hub import Hub, Peer
 from tcletd.host.output import OutputRelay, OutputSink
+from tcletd.host.outputlog import OutputLog
 from tcletd.host.quotas import HostTotals, TcletQuotas
 from tcletd.host.requests import Requests
 from tcletd.host.sockets import SocketTable
@@ -77,6 +78,9 @@ class Services:
     policy_dir: Path | None = None
     # Running tclets by id: the watchdog looks at these; a tclet leaves when it is released.
     tclets: dict[str, Tclet] = field(default_factory=dict)
+    # Told of each tclet's end as it leaves ``tclets``, in the same step (the host's table of
+    # ended tclets: a tclet is always findable by id in one or the other).
+    on_ended: Callable[[Tclet, TcletResult], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,10 +102,13 @@ class Tclet:
         origin: Origin,
         *,
         policy_fixed: bool,
-        on_stdout: OutputSink,
-        on_stderr: OutputSink,
+        on_stdout: OutputSink | None,
+        on_stderr: OutputSink | None,
         overrides: Sequence[str] = (),
+        log: OutputLog | None = None,
     ) -> None:
+        """``on_stdout``/``on_stderr``: where its output goes besides its ``log`` (None: only
+        there, a detached tclet's)."""
         self.services = services
         self.id = spec.tclet_id
         self.spec = spec
@@ -112,10 +119,14 @@ class Tclet:
         self.sockets = SocketTable(services.loop, self.quotas)
         self.requests = Requests(self, self._audit, policy_fixed=policy_fixed, overrides=overrides)
         self.enforcer = Enforcer(self, self._audit)
+        self.log = log if log is not None else OutputLog()
         self.output = OutputRelay(
             services.loop,
             self.quotas,
-            {"stdout": on_stdout, "stderr": on_stderr},
+            {
+                "stdout": self.log.tee("stdout", on_stdout),
+                "stderr": self.log.tee("stderr", on_stderr),
+            },
             on_over_quota=self.enforcer.over_output_quota,
             on_hog=self.enforcer.output_hog,
             crowded=lambda: len(services.tclets) > 1,
@@ -181,7 +192,10 @@ class Tclet:
             reason = "exit" if status < 128 else f"signal {status - 128}"
         self._move(TcletState.ENDED)
         self._audit("exit", status=status, reason=reason)
-        return TcletResult(status, reason, by_host=self.ending is not None)
+        result = TcletResult(status, reason, by_host=self.ending is not None)
+        if self.services.on_ended is not None:
+            self.services.on_ended(self, result)
+        return result
 
     async def _last_words(self, status: int) -> None:
         """Take the messages a worker sent just before it exited: the sentinel can beat its last

@@ -331,7 +331,8 @@ class Meter:
 
 
 def check_limits(limits: Limits, usage: Usage, age: float) -> Breach | None:
-    """The first limit reached, if any (0 means no limit)."""
+    """The first limit reached, if any (0 means no limit; an unlimited one, ``math.inf``, is
+    never reached)."""
     if limits.cpu and usage.cpu >= limits.cpu:
         return breach("cpu", limits.cpu, usage.cpu)
     if limits.memory and usage.rss >= limits.memory:

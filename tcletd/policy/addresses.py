@@ -353,3 +353,12 @@ class Origin:
             "originSocketHost": self.socket_host,
             "originPort": self.port,
         }
+
+
+def origin_problem(url: str) -> str | None:
+    """Why ``url`` is no origin a tclet may be launched with (one :meth:`Origin.parse` cannot
+    read, which would silently make the origin unknown), or None. The one check of a given
+    origin: ``tcletd run --origin``, ``policy check --origin``, the API and the run frame."""
+    if Origin.parse(url).known:
+        return None
+    return f"cannot parse origin URL {url[:200]!r}"

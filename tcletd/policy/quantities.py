@@ -11,11 +11,16 @@ limit: its name and table (``[quotas]`` or ``[limits]``), its parser, unit and s
 limit means a Setting here and the code that enforces it.
 
 Quantities are parsed strictly (a bad one raises ValueError saying what was expected; the caller
-names the file and key), and printed back in binary units for people.
+names the file and key), and printed back in binary units for people. A Setting whose ``unlimited``
+is true also takes the word ``unlimited``, held as :data:`UNLIMITED` (``math.inf``) everywhere:
+every comparison against it is false, :func:`format_value` prints it back as ``unlimited``, and
+:func:`worker_limits` hands the worker ``0`` (none). Only host-enforced settings allow it; one the
+worker backs with an rlimit or its command budget (and the rates) stays bounded.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,6 +32,8 @@ _NUMBER = r"\s*([0-9]+(?:\.[0-9]+)?)\s*"
 _SIZE_UNITS = {"": 1, "B": 1, "kB": 10**3, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _SIZE_UNITS |= {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 _TIME_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+UNLIMITED = math.inf
+UNLIMITED_WORD = "unlimited"
 
 
 def _number(value: object, units: Mapping[str, float], what: str, suffix: str = "") -> float:
@@ -34,6 +41,9 @@ def _number(value: object, units: Mapping[str, float], what: str, suffix: str = 
     if isinstance(value, bool):
         raise ValueError(f"expected {what}, got {value!r}")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            # A TOML inf or nan is not the word: only ``unlimited`` says "no limit".
+            raise ValueError(f"expected {what} (finite), got {value!r}")
         return float(value)
     if isinstance(value, str):
         tail = f"(?:{re.escape(suffix)})?" if suffix else ""
@@ -60,6 +70,8 @@ def parse_duration(value: object) -> float:
 
 def format_size(n: float) -> str:
     """Bytes for people, binary units, the inverse of :func:`parse_size`: ``64 MiB``, ``100 B``."""
+    if n == UNLIMITED:
+        return UNLIMITED_WORD
     for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= factor:
             return f"{n / factor:.4g} {unit}"
@@ -68,6 +80,8 @@ def format_size(n: float) -> str:
 
 def format_duration(seconds: float) -> str:
     """Seconds for people, the inverse of :func:`parse_duration`: ``10 s``, ``0.25 s``."""
+    if seconds == UNLIMITED:
+        return UNLIMITED_WORD
     return f"{seconds:.4g} s"
 
 
@@ -91,7 +105,8 @@ class Setting:
     ``doc`` its type as ``docs/policy.md`` shows it; ``help`` and ``example`` feed ``--limit``'s
     help; ``enforcer`` says who holds the line; ``worker`` names the WorkerSpec field by which the
     worker enforces it on itself too, and ``ceiling`` whether a hard rlimit (``<worker>_max``)
-    must leave room for a policy the tclet may still be granted."""
+    must leave room for a policy the tclet may still be granted; ``unlimited`` whether
+    ``unlimited`` (:data:`UNLIMITED`) is a value it takes."""
 
     name: str
     table: str
@@ -106,8 +121,11 @@ class Setting:
     enforcer: str
     worker: str | None = None
     ceiling: bool = False
+    unlimited: bool = False
 
     def value(self, number: float) -> int | float:
+        if number == UNLIMITED:
+            return UNLIMITED
         return int(number) if self.kind is int else float(number)
 
 
@@ -129,15 +147,17 @@ SETTINGS: dict[str, Setting] = {
         ),
         Setting(
             "bytes_sent", "quotas", int, parse_size, "bytes", 0, 64 * 2**20,
-            "size",
+            "size or `unlimited`",
             "bytes sent, over all sockets", "bytes_sent=1MiB",
             "host (kernel TCP_INFO counters; sockets shut down)",
+            unlimited=True,
         ),
         Setting(
             "bytes_received", "quotas", int, parse_size, "bytes", 0, 64 * 2**20,
-            "size",
+            "size or `unlimited`",
             "bytes received, over all sockets", "bytes_received=1MiB",
             "host (kernel TCP_INFO counters; sockets shut down)",
+            unlimited=True,
         ),
         Setting(
             "send_rate", "quotas", int, parse_rate, "bytes/s", 0, 2**20,
@@ -146,10 +166,11 @@ SETTINGS: dict[str, Setting] = {
             "kernel (SO_MAX_PACING_RATE, set by the host)",
         ),
         Setting(
-            "output_bytes", "quotas", int, parse_size, "bytes", 0, 2**20,
-            "size, the tclet's stdout/stderr",
+            "output_bytes", "quotas", int, parse_size, "bytes", 0, UNLIMITED,
+            "size or `unlimited`, the tclet's stdout/stderr",
             "stdout plus stderr", "output_bytes=512KiB",
-            "host (counted as it reads; the tclet is ended)",
+            "host (counted as it reads, relayed with backpressure; the tclet is ended)",
+            unlimited=True,
         ),
         Setting(
             "lookups_per_second", "quotas", float, _per_second, "per second", 1e-9, 5.0,
@@ -172,10 +193,11 @@ SETTINGS: dict[str, Setting] = {
             worker="memory", ceiling=True,
         ),
         Setting(
-            "wall", "limits", float, parse_duration, "seconds", 1e-3, 60.0,
-            "duration (> 0)",
+            "wall", "limits", float, parse_duration, "seconds", 1e-3, UNLIMITED,
+            "duration (> 0) or `unlimited`",
             "wall-clock time since launch", "wall=30s",
             "host (watchdog)",
+            unlimited=True,
         ),
         Setting(
             "commands", "limits", int, _count, "count", 1, 50_000_000,
@@ -193,7 +215,9 @@ UNITS = ("count", "per second", "bytes", "bytes/s", "seconds")
 
 def format_value(setting: Setting, value: float) -> str:
     """A value as a policy file would write it most simply: ``64MiB``, ``1MiB/s``, ``10s``,
-    ``1h``, ``8``; the inverse of the Setting's parser."""
+    ``1h``, ``8``, ``unlimited``; the inverse of the Setting's parser."""
+    if value == UNLIMITED:
+        return UNLIMITED_WORD
     if setting.unit in ("bytes", "bytes/s") and value:
         suffix = "/s" if setting.unit == "bytes/s" else ""
         for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
@@ -286,11 +310,15 @@ def names_of(table: str) -> tuple[str, ...]:
 
 
 def parse_budget_value(table: str, key: str, value: object) -> float:
-    """Parse one ``[quotas]``/``[limits]`` value; ValueError says what was expected, KeyError
-    that the key is unknown."""
+    """Parse one ``[quotas]``/``[limits]`` value (``unlimited``: :data:`UNLIMITED`, where the
+    Setting allows it); ValueError says what was expected, KeyError that the key is unknown."""
     setting = SETTINGS.get(key)
     if setting is None or setting.table != table:
         raise KeyError(f"unknown key; expected one of: {', '.join(names_of(table))}")
+    if isinstance(value, str) and value.strip().lower() == UNLIMITED_WORD:
+        if not setting.unlimited:
+            raise ValueError(f"cannot be unlimited (only {unlimited_names()} can), got {value!r}")
+        return UNLIMITED
     number = setting.parse(value)
     if number < setting.minimum:
         raise ValueError(f"must be at least {setting.minimum:g}, got {value!r}")
@@ -325,16 +353,29 @@ def parse_limit_override(
     return quotas, limits.replace(**{key: number})
 
 
+def unlimited_names() -> str:
+    """The Settings that may be ``unlimited``, for messages and help."""
+    return ", ".join(s.name for s in SETTINGS.values() if s.unlimited)
+
+
 def limit_help() -> str:
     """``--limit``'s help: every Setting's example, from the registry."""
     examples = ", ".join(s.example for s in SETTINGS.values())
-    return f"override a quota or limit of the policy: {examples} (repeatable)"
+    return (
+        f"override a quota or limit of the policy: {examples}; "
+        f"{unlimited_names()} may be {UNLIMITED_WORD} (repeatable)"
+    )
 
 
 def worker_limits(quotas: Quotas, limits: Limits) -> dict[str, Any]:
-    """What the worker enforces on itself, as WorkerSpec / PolicyGranted fields (0 = none)."""
+    """What the worker enforces on itself, as WorkerSpec / PolicyGranted fields (0 = none, which
+    is how the wire says unlimited)."""
     values = {**dict(quotas.items()), **dict(limits.items())}
-    return {s.worker: values[s.name] for s in SETTINGS.values() if s.worker}
+    return {
+        s.worker: s.kind(0) if values[s.name] == UNLIMITED else values[s.name]
+        for s in SETTINGS.values()
+        if s.worker
+    }
 
 
 def worker_ceilings(grantable: list[tuple[Quotas, Limits]]) -> dict[str, Any]:
@@ -346,6 +387,6 @@ def worker_ceilings(grantable: list[tuple[Quotas, Limits]]) -> dict[str, Any]:
             values = [
                 float(getattr(q if s.table == "quotas" else lim, s.name)) for q, lim in grantable
             ]
-            most = 0.0 if 0 in values else max(values)
+            most = 0.0 if 0 in values or UNLIMITED in values else max(values)
             out[f"{s.worker}_max"] = s.value(most)
     return out

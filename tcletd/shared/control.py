@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import json
 
-from tcletd.shared.errors import TcletdError
+from tcletd.shared.errors import EXIT_USAGE, TcletdError
 
+# The control protocol's version: the host says it in its greeting, a client in its hello, and a
+# client speaking another is refused before anything is done for it (docs/protocol.md).
+PROTOCOL = 1
 MAX_HEADER = 64 * 1024
 MAX_SCRIPT = 16 * 1024 * 1024
 MAX_OUTPUT_CHUNK = 1024 * 1024  # the host sends chunks of at most READ_CHUNK (host/output.py)
@@ -38,11 +41,16 @@ if TYPE_CHECKING:
 # LaunchRequest's fields, in its order. A client builds its run request as a plain dict of
 # these: importing msgspec (which LaunchRequest is made with) would add 25-40 ms to a ~100 ms
 # run. tests/host/test_control_ops.py checks that the two lists agree.
-RUN_FIELDS = ("script", "script_name", "policy", "origin", "argv", "embed_args", "limits")
+RUN_FIELDS = (
+    "script", "script_name", "policy", "origin", "argv", "embed_args", "limits", "url"
+)  # fmt: skip
 
 
 class FrameError(TcletdError):
-    """A frame that breaks the control wire's rules; the connection is closed."""
+    """A frame that breaks the control wire's rules; the connection is closed. The client's
+    mistake, not the host's: its status is a usage error's."""
+
+    exit_status = EXIT_USAGE
 
 
 def encode(header: dict[str, Any], payload: bytes = b"") -> bytes:
@@ -51,12 +59,18 @@ def encode(header: dict[str, Any], payload: bytes = b"") -> bytes:
     return json.dumps(header, separators=(",", ":")).encode() + b"\n" + payload
 
 
-def run_header(fields: dict[str, Any]) -> dict[str, Any]:
-    """A run frame's header: LaunchRequest's ``fields`` but the script (the frame's payload)."""
+def hello() -> bytes:
+    """A client's first frame: the protocol version it speaks."""
+    return encode({"op": "hello", "protocol": PROTOCOL})
+
+
+def run_header(fields: dict[str, Any], op: str = "run") -> dict[str, Any]:
+    """A run (or launch) frame's header: LaunchRequest's ``fields`` but the script (the frame's
+    payload)."""
     unknown = fields.keys() - set(RUN_FIELDS)
     if unknown:  # the host ignores fields it does not know: a misspelt one would be lost
         raise ValueError(f"not launch request fields: {', '.join(sorted(unknown))}")
-    return {"op": "run", **{k: v for k, v in fields.items() if k != "script"}}
+    return {"op": op, **{k: v for k, v in fields.items() if k != "script"}}
 
 
 class FrameReader:

@@ -12,9 +12,12 @@ EXIT_USAGE = 2
 EXIT_NO_INPUT = 66
 EXIT_UNAVAILABLE = 69
 EXIT_SOFTWARE = 70
+EXIT_IN_USE = 73  # EX_CANTCREAT: tcletd serve's socket is another live host's
 EXIT_TEMPFAIL = 75
 EXIT_CONFIG = 78
+EXIT_NO_TCLET = 1  # an operator's request named a tclet the host does not have (ps, kill, wait)
 EXIT_INTERRUPTED = 130  # the CLI itself got SIGINT (KeyboardInterrupt), as shells report it
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of the CLI's stdout went away (| head)
 
 
 class TcletdError(Exception):
@@ -65,5 +68,17 @@ class ProtocolViolation(TcletdError):
     """A worker sent something the host does not accept; the worker is ended."""
 
 
+class InUse(TcletdError):
+    """A resident host's control socket that another live host serves on."""
+
+    exit_status = EXIT_IN_USE
+
+
 class ScriptNotFound(TcletdError):
     exit_status = EXIT_NO_INPUT
+
+
+class NoSuchTclet(TcletdError):
+    """A request named a tclet the host does not know (or a prefix of several)."""
+
+    exit_status = EXIT_NO_TCLET

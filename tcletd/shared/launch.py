@@ -15,12 +15,17 @@ be as typed: msgspec checks types when it decodes, not when a Struct is construc
 from __future__ import annotations
 
 import typing
+from urllib.parse import urlsplit
 
 import msgspec
 
+# Host side only (the worker never imports this module, the client neither): the one origin
+# check, so that a run frame's origin is refused as the CLI and the API refuse it.
+from tcletd.policy.addresses import origin_problem
 from tcletd.shared.errors import EXIT_USAGE, TcletdError
 
 DEFAULT_SCRIPT_NAME = "tclet.tcl"
+MAX_URL = 4096
 
 
 class LaunchRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -28,7 +33,9 @@ class LaunchRequest(msgspec.Struct, frozen=True, kw_only=True):
     policy's name; or a TOML file's path, from the operator's own API or CLI only: a run frame
     may not carry one; None: the host's default, which the tclet may ask to change), its
     ``origin`` URL (None: no origin), its ``argv``, its ``embed_args``, and ``limits``:
-    ``NAME=VALUE`` overrides of the policy's quotas and limits."""
+    ``NAME=VALUE`` overrides of the policy's quotas and limits. ``url``: an ``http(s)`` URL the
+    host fetches the script from (:meth:`tcletd.host.host.Host.prepare`; ``script`` is then
+    empty), whose final URL is the origin unless ``origin`` is given."""
 
     script: str
     script_name: str = DEFAULT_SCRIPT_NAME
@@ -37,6 +44,7 @@ class LaunchRequest(msgspec.Struct, frozen=True, kw_only=True):
     argv: list[str] = []
     embed_args: dict[str, str] = {}
     limits: list[str] = []
+    url: str | None = None
 
 
 class RequestInvalid(TcletdError):
@@ -60,6 +68,17 @@ def decode_run(header: dict[str, object], payload: bytes) -> LaunchRequest:
         request = msgspec.convert(fields, LaunchRequest)
     except msgspec.ValidationError:
         raise RequestInvalid(f"run request: {_first_invalid(fields)}") from None
+    if request.url is not None:
+        problem = url_problem(request.url)
+        if problem is not None:
+            raise RequestInvalid(f"run request: url: {problem}")
+        if payload:
+            raise RequestInvalid(
+                f"run request: url: the host fetches the script, so the frame carries none"
+                f" (got {len(payload)} bytes of payload)"
+            )
+    if request.origin is not None and (problem := origin_problem(request.origin)) is not None:
+        raise RequestInvalid(f"run request: origin: {problem}")
     policy = request.policy
     if policy is not None and ("/" in policy or policy.endswith(".toml")):
         # A path would have the host open a file its client chose (a FIFO froze its loop).
@@ -68,6 +87,27 @@ def decode_run(header: dict[str, object], payload: bytes) -> LaunchRequest:
             f" its policy directory), not a path: {policy[:200]!r}"
         )
     return request
+
+
+def url_problem(url: str) -> str | None:
+    """What makes ``url`` no URL to fetch a script from (an ``http://`` or ``https://`` URL with
+    a host, no user info, at most ``MAX_URL`` characters), or None."""
+    if len(url) > MAX_URL:
+        return f"expected a URL of at most {MAX_URL} characters, not {len(url)}"
+    if not url.isprintable() or any(c.isspace() for c in url):
+        return f"expected a URL without spaces or control characters: {url[:200]!r}"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # raises ValueError for a bad port
+    except ValueError:
+        return f"not a valid URL: {url[:200]!r}"
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"expected an http:// or https:// URL, not {url[:200]!r}"
+    if not parts.hostname:
+        return f"expected a URL with a host: {url[:200]!r}"
+    if "@" in parts.netloc:
+        return f"expected a URL without user info: {url[:200]!r}"
+    return None
 
 
 def _first_invalid(fields: dict[str, object]) -> str:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     class Holdable(Protocol):
         """What feeds the writer (an output relay): held while the writer is full."""
 
-        def hold(self, held: bool) -> None: ...
+        def hold(self, held: bool, by: object = None) -> None: ...
 
 
 # Bytes the writer accepts beyond what the consumer took before it holds the relays: enough to
@@ -34,16 +34,21 @@ WRITE_CHUNK = 1 << 16
 _OWN_FLAGS = os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
+class OwnStreamGone(BrokenPipeError):
+    """The reader of this process's stdout or stderr went away; the stream is /dev/null now."""
+
+
 def write_own(stream: str, data: bytes) -> None:
     """Write to this process's stdout or stderr. When its reader is gone (a closed pipe), point
-    the stream at /dev/null, so that no later flush fails, and raise BrokenPipeError."""
+    the stream at /dev/null, so that no later flush fails, and raise OwnStreamGone (a
+    BrokenPipeError that says it was our own stream, not a socket's)."""
     out = sys.stdout if stream == "stdout" else sys.stderr
     try:
         out.buffer.write(data)
         out.buffer.flush()
-    except BrokenPipeError:
+    except BrokenPipeError as exc:
         _to_devnull(out.fileno())
-        raise
+        raise OwnStreamGone(*exc.args) from None
 
 
 def _to_devnull(fd: int) -> None:
@@ -107,7 +112,7 @@ class OwnWriter:
         """Hold ``relay`` whenever this writer is full (weakly: an ended tclet's goes away)."""
         self._relays.add(relay)
         if self._held:
-            relay.hold(True)
+            relay.hold(True, self)
 
     def write(self, data: bytes) -> None:
         """Accept ``data``; raise BrokenPipeError once the reader is gone (the relay drops the
@@ -188,7 +193,7 @@ class OwnWriter:
         if held != self._held:
             self._held = held
             for relay in list(self._relays):
-                relay.hold(held)
+                relay.hold(held, self)
 
     def _lost(self) -> None:
         self._gone = True

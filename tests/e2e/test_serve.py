@@ -24,7 +24,7 @@ from support.processes import Ran, run_tcletd, tcletd_process, wait_serving
 from support.system import pid_alive
 from support.waiting import wait_until
 
-from tcletd.shared.control import FrameReader, encode
+from tcletd.shared.control import FrameReader, encode, hello
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -57,11 +57,13 @@ def _raw(sock: Path, *frames: bytes, until: str = "") -> list[dict[str, object]]
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(15)
         conn.connect(str(sock))
-        for frame in frames:
+        for frame in (hello(), *frames):
             conn.sendall(frame)
         reader = FrameReader(1 << 24)
         while data := conn.recv(65536):
             for header, _ in reader.feed(data):
+                if header.get("event") == "hello":
+                    continue  # the host's greeting
                 got.append(header)
                 if header.get("event") == until:
                     return got
@@ -132,7 +134,7 @@ def test_malformed_frames_get_an_error_and_the_host_goes_on(served: Served) -> N
         (b"[1, 2]\n", "not a JSON object"),
         (b'{"op": "run", "size": -1}\n', "frame size"),
         (b'{"op": "run", "size": "9"}\n', "frame size"),
-        (b'{"op": "launch"}\n', "unknown op 'launch'"),
+        (b'{"op": "nope"}\n', "unknown op 'nope'"),
         (encode({"op": "run", "argv": "a b"}, b"puts hi"), "argv: expected list"),
         (encode({"op": "run", "argv": [1]}, b"puts hi"), "argv: expected a list of strings"),
         (encode({"op": "run", "embed_args": {"a": 1}}, b"puts hi"), "embed_args"),
@@ -197,7 +199,7 @@ def test_a_client_that_stops_reading_pushes_back_on_its_tclet(served: Served) ->
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         conn.connect(str(served.sock))
-        conn.sendall(flood)
+        conn.sendall(hello() + flood)
         # Not reading: unpaced, the tclet would write hundreds of MiB a second. Its output count
         # stops growing (the host stopped reading it)...
         counts: list[object] = []
@@ -301,8 +303,8 @@ def test_one_host_per_socket_and_a_stale_socket_is_taken_over(tmp_path: Path) ->
     with tcletd_process(["serve", "--socket", str(sock)]) as first:
         wait_serving(first)
         second = run_tcletd(["serve", "--socket", str(sock)], timeout=20)
-        assert second.status != 0
-        assert "already serving there" in second.stderr
+        assert second.status == 73, second  # EXIT_IN_USE
+        assert f"{sock} is in use by a tcletd host (pid {first.pid})" in second.stderr
         assert first.poll() is None
 
 

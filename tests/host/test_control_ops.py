@@ -20,14 +20,15 @@ import pytest
 from tcletd.api import Host
 from tcletd.cli import main as cli
 from tcletd.cli.client import launch_fields
-from tcletd.host.control import ControlConnection
+from tcletd.host.connection import ControlConnection
 from tcletd.host.ops import OPERATIONS, unknown_op
 from tcletd.policy import load_policy
-from tcletd.shared.control import RUN_FIELDS, FrameReader, encode, run_header
-from tcletd.shared.errors import EXIT_SOFTWARE, EXIT_USAGE
+from tcletd.shared.control import RUN_FIELDS, FrameReader, encode, hello, run_header
+from tcletd.shared.errors import EXIT_USAGE
 from tcletd.shared.launch import DEFAULT_SCRIPT_NAME, LaunchRequest, RequestInvalid, decode_run
 
 ROOT = Path(__file__).resolve().parents[2]
+OPS = "hello, run, launch, ps, logs, kill, wait, events, status, signal or drop"
 
 
 def _run_args(**given: Any) -> argparse.Namespace:
@@ -103,11 +104,14 @@ def test_a_script_that_is_not_utf8_is_refused() -> None:
 
 
 def test_the_registry_names_each_operation_once_with_its_help() -> None:
-    assert list(OPERATIONS) == ["run", "status", "signal", "drop"]
+    assert list(OPERATIONS) == [
+        "hello", "run", "launch", "ps", "logs", "kill", "wait", "events", "status", "signal",
+        "drop",
+    ]  # fmt: skip
     for name, operation in OPERATIONS.items():
         assert operation.name == name
         assert operation.help and "\n" not in operation.help
-    assert unknown_op("x") == "unknown op 'x' (expected run, status, signal or drop)"
+    assert unknown_op("x") == f"unknown op 'x' (expected {OPS})"
 
 
 # A tclet that prints, then writes to stderr until that fails (the client dropped it), says so
@@ -131,7 +135,9 @@ async def _client(host: Host) -> tuple[asyncio.StreamReader, asyncio.StreamWrite
     await asyncio.get_running_loop().connect_accepted_socket(
         lambda: ControlConnection(host, lambda _c: None), theirs
     )
-    return await asyncio.open_unix_connection(sock=ours)
+    reader, writer = await asyncio.open_unix_connection(sock=ours)
+    writer.write(hello())
+    return reader, writer
 
 
 async def _frames_until(
@@ -145,6 +151,8 @@ async def _frames_until(
         data = await asyncio.wait_for(reader.read(65536), 10)
         assert data, got
         for header, payload in frames.feed(data):
+            if header.get("event") == "hello":
+                continue  # the host's greeting
             got.append({**header, "payload": payload} if payload else header)
             if done(got[-1]):
                 return
@@ -194,6 +202,7 @@ def test_the_control_server_dispatches_each_op_to_its_operation() -> None:
     assert any(f["event"] == "stderr" for f in got)
     assert got[-1] == {
         "event": "exit",
+        "id": entry["id"],
         "status": 143,
         "reason": "tcletd got SIGTERM",
         "by_host": True,
@@ -203,11 +212,11 @@ def test_the_control_server_dispatches_each_op_to_its_operation() -> None:
 @pytest.mark.parametrize(
     ("frame", "message"),
     [
-        (encode({"op": "launch"}), "unknown op 'launch' (expected run, status, signal or drop)"),
-        (encode({"op": ["run"]}), "unknown op ['run'] (expected run, status, signal or drop)"),
-        (encode({"stream": "stdout"}), "unknown op None (expected run, status, signal or drop)"),
+        (encode({"op": "nope"}), f"unknown op 'nope' (expected {OPS})"),
+        (encode({"op": ["run"]}), f"unknown op ['run'] (expected {OPS})"),
+        (encode({"stream": "stdout"}), f"unknown op None (expected {OPS})"),
         # A drop of no stream of the tclet's is no drop, as it never was.
-        (encode({"op": "drop", "stream": "x"}), "unknown op 'drop' (expected run, status,"),
+        (encode({"op": "drop", "stream": "x"}), "unknown op 'drop' (expected hello, run,"),
         (encode({"op": "signal", "signum": 2}), "signal: no tclet is running on this connection"),
     ],
 )
@@ -215,7 +224,7 @@ def test_a_frame_no_operation_takes_is_an_error(frame: bytes, message: str) -> N
     got = asyncio.run(_talk([frame], "error"))
     assert got[-1]["event"] == "error"
     assert got[-1]["message"].startswith(message), got
-    assert got[-1]["status"] == EXIT_SOFTWARE
+    assert got[-1]["status"] == EXIT_USAGE
 
 
 def test_a_second_run_or_a_bad_signal_on_a_connection_is_an_error() -> None:
@@ -290,6 +299,13 @@ SAMPLES = {
     "lint": ["policy", "lint", "f"],
     "serve": ["serve"],
     "status": ["status"],
+    "launch": ["launch", "x.tcl"],
+    "ps": ["ps", "--all", "--json"],
+    "logs": ["logs", "--follow", "--tail", "3", "abcd"],
+    "kill": ["kill", "--signal", "KILL", "abcd"],
+    "wait": ["wait", "abcd"],
+    "events": ["events", "--follow", "--id", "abcd"],
+    "page": ["page", "x.html"],
     "version": ["version"],
     "doctor": ["doctor"],
 }

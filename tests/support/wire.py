@@ -20,6 +20,7 @@ import psutil  # type: ignore[import-untyped]  # no stubs installed
 
 from support import ROOT
 from tcletd.shared.control import FrameReader, encode
+from tcletd.shared.control import hello as hello_frame
 
 Frame = dict[str, object]
 
@@ -74,15 +75,19 @@ def serving(sock: Path, *args: str, nofile: int | None = None) -> Iterator[Servi
         proc.wait(timeout=10)
 
 
-def connect(sock: Path, timeout: float = 10.0) -> socket.socket:
-    """A connection to the host; a full backlog is EAGAIN on a Unix socket with a timeout set
-    (blocking clients wait instead), so try again until ``timeout``."""
+def connect(sock: Path, timeout: float = 10.0, *, hello: bool = True) -> socket.socket:
+    """A connection to the host, our hello sent (unless ``hello`` is false); a full backlog is
+    EAGAIN on a Unix socket with a timeout set (blocking clients wait instead), so try again
+    until ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.settimeout(timeout)
         try:
             conn.connect(str(sock))
+            if hello:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    conn.sendall(hello_frame())  # a refused client reads why with its frames
             return conn
         except BlockingIOError:
             conn.close()
@@ -91,14 +96,19 @@ def connect(sock: Path, timeout: float = 10.0) -> socket.socket:
             time.sleep(0.01)
 
 
-def frames_from(conn: socket.socket, until: str = "", limit: int = 1 << 24) -> list[Frame]:
+def frames_from(
+    conn: socket.socket, until: str = "", limit: int = 1 << 24, *, greeting: bool = True
+) -> list[Frame]:
     """The host's frames on ``conn`` until it hangs up, or up to one whose event is ``until``
-    (or an error); a payload is kept under the frame's ``payload`` key."""
+    (or an error); a payload is kept under the frame's ``payload`` key; the host's greeting is
+    left out unless ``greeting`` is false."""
     got: list[Frame] = []
     reader = FrameReader(limit)
     with contextlib.suppress(ConnectionResetError):
         while data := conn.recv(1 << 16):
             for header, payload in reader.feed(data):
+                if header.get("event") == "hello" and greeting:
+                    continue  # the host's greeting, before any answer
                 got.append({**header, "payload": payload} if payload else header)
                 if header.get("event") in (until, "error"):
                     return got

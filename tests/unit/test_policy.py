@@ -22,7 +22,7 @@ from tcletd.policy import (
     policy_from_text,
 )
 from tcletd.policy.addresses import CanonicalHost, IPAddress, canonical_host
-from tcletd.policy.quantities import Limits, Quotas
+from tcletd.policy.quantities import UNLIMITED, Limits, Quotas
 from tcletd.shared.errors import ConfigError
 
 ORIGIN = Origin.parse("http://www.example.com:8080/apps/t.tcl")
@@ -482,8 +482,9 @@ def test_network_n_example(host: str, port: int, allowed: bool) -> None:
 
 def test_shipped_budgets_are_typed() -> None:
     home = load_policy("home")
-    assert home.quotas == Quotas(8, 5.0, 64 * 2**20, 64 * 2**20, 2**20, 2**20)
-    assert home.limits == Limits(10.0, 256 * 2**20, 60.0, 50_000_000)
+    # Output and wall are unlimited by default: output is a stream, a hosted tclet may serve on.
+    assert home.quotas == Quotas(8, 5.0, 64 * 2**20, 64 * 2**20, 2**20, UNLIMITED)
+    assert home.limits == Limits(10.0, 256 * 2**20, UNLIMITED, 50_000_000)
 
 
 def test_units() -> None:

@@ -17,6 +17,7 @@ from tcletd.policy.addresses import Origin
 from tcletd.policy.quantities import (
     SETTINGS,
     UNITS,
+    UNLIMITED,
     Limits,
     Quotas,
     format_value,
@@ -69,7 +70,7 @@ def test_tables_have_exactly_the_registry_settings_in_order() -> None:
         for name, value in values.items():
             setting = SETTINGS[name]
             assert value == setting.default
-            assert type(value) is setting.kind
+            assert type(value) is setting.kind or (setting.unlimited and value == UNLIMITED)
     assert set(names_of("quotas")) | set(names_of("limits")) == set(SETTINGS)
     assert all(s.unit in UNITS for s in SETTINGS.values())
 
@@ -111,6 +112,29 @@ def test_every_setting_is_parsed_overridden_and_bounded(name: str) -> None:
         policy_from_text(f"[{other}]\n{name} = {value}\n")
 
 
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_unlimited_is_taken_only_where_the_registry_allows_it(name: str) -> None:
+    setting = SETTINGS[name]
+    table = setting.table
+    if setting.unlimited:
+        quotas, limits = parse_limit_override(f"{name}=unlimited")
+        assert getattr(quotas if table == "quotas" else limits, name) == UNLIMITED
+        policy = policy_from_text(f'[{table}]\n{name} = "Unlimited"\n')
+        assert getattr(getattr(policy, table), name) == UNLIMITED
+        assert format_value(setting, UNLIMITED) == "unlimited"
+        # The worker never sees infinity: an unlimited setting is host-enforced only.
+        assert setting.worker is None
+    else:
+        with pytest.raises(ConfigError, match="cannot be unlimited") as info:
+            parse_limit_override(f"{name}=unlimited")
+        assert info.value.key == f"{table}.{name}"
+        with pytest.raises(ConfigError, match=re.escape(f"{table}.{name}: cannot be unlimited")):
+            policy_from_text(f'[{table}]\n{name} = "unlimited"\n')
+    # A TOML infinity is not the word: it is refused whatever the setting.
+    with pytest.raises(ConfigError, match=re.escape(f"{table}.{name}")):
+        policy_from_text(f"[{table}]\n{name} = inf\n")
+
+
 def test_worker_limits_are_the_settings_the_worker_backs_up() -> None:
     home = load_policy("home")
     fields = worker_limits(home.quotas, home.limits)
@@ -132,6 +156,8 @@ def test_worker_ceilings_take_the_most_and_zero_means_unlimited() -> None:
     assert set(ceilings) == expected
     assert ceilings["nofile_max"] == 9 and ceilings["cpu_max"] == 5.0
     assert ceilings["memory_max"] == 0  # one grantable policy has no memory limit
+    assert worker_ceilings([small, (Quotas(), Limits(cpu=UNLIMITED))])["cpu_max"] == 0
+    assert worker_limits(Quotas(), Limits(cpu=UNLIMITED))["cpu"] == 0
 
 
 def test_policy_schema_has_one_section_per_action() -> None:

@@ -8,11 +8,24 @@ line of help) and one entry below; the client that sends it is :mod:`tcletd.cli.
 
 from __future__ import annotations
 
-from tcletd.host.ops import drop, run, signal, status
+from tcletd.host.ops import drop, events, hello, kill, launch, logs, ps, run, signal, status, wait
 from tcletd.host.ops.base import NotAnOperation, Operation, Session
 
 OPERATIONS: dict[str, Operation] = {
-    op.name: op for op in (run.OPERATION, status.OPERATION, signal.OPERATION, drop.OPERATION)
+    op.name: op
+    for op in (
+        hello.OPERATION,
+        run.OPERATION,
+        launch.OPERATION,
+        ps.OPERATION,
+        logs.OPERATION,
+        kill.OPERATION,
+        wait.OPERATION,
+        events.OPERATION,
+        status.OPERATION,
+        signal.OPERATION,
+        drop.OPERATION,
+    )
 }
 
 

@@ -8,7 +8,7 @@ and the connection closes (:class:`tcletd.host.control.ControlConnection`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,6 +23,8 @@ class Session(Protocol):
     host: Host
     tclet: Tclet | None  # the tclet this connection runs, once a run started one
     client: dict[str, int]  # the client's pid and uid, as the kernel saw them at connect
+    greeted: bool  # its hello named the host's protocol version
+    pending: bool  # a run's script is being fetched
 
     def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
         """Queue a frame for the client."""
@@ -36,6 +38,16 @@ class Session(Protocol):
 
     def end(self, reason: str, status: int) -> None:
         """End this connection's tclet (in the background)."""
+
+    def spawn(self, request: Coroutine[Any, Any, None]) -> None:
+        """Run a request that takes time (a fetch, a wait, a stream) as a task of this
+        connection: cancelled if the client goes; a TcletdError it raises is the client's error."""
+
+    async def drained(self) -> None:
+        """Until the client has read what was sent it (down to the low-water mark)."""
+
+    def fail(self, message: str, status: int) -> None:
+        """Tell the client what went wrong and close the connection."""
 
 
 Handler = Callable[[Session, dict[str, Any], bytes], None]

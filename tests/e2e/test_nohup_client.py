@@ -1,0 +1,58 @@
+"""``nohup tcletd run --host ...``: a signal the client was started with ignored stays ignored,
+so a hang-up does not end the tclet (the client passes on only the signals it takes)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import ROOT
+from support.wire import serving
+
+pytestmark = pytest.mark.timeout(60)
+
+SCRIPT = "puts ready; flush stdout; after 1500; puts done\n"
+
+
+def _client(sock: Path, script: Path, ignored: bool) -> subprocess.Popen[bytes]:
+    def ignore_hangups() -> None:  # nohup's doing, before exec
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "tcletd", "run", "--host", str(sock), str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        start_new_session=True,
+        preexec_fn=ignore_hangups if ignored else None,
+    )
+
+
+@pytest.mark.parametrize(("ignored", "status", "out"), [(True, 0, b"done\n"), (False, 129, b"")])
+def test_a_hangup_ignored_at_start_stays_ignored(
+    tmp_path: Path, ignored: bool, status: int, out: bytes
+) -> None:
+    """Ignored at start: the tclet runs on to its end. Not ignored: the hang-up ends it, as
+    under an embedded host (so the test sees the signal arrive while the tclet runs)."""
+    sock = tmp_path / "control.sock"
+    script = tmp_path / "slow.tcl"
+    script.write_text(SCRIPT)
+    with serving(sock):
+        client = _client(sock, script, ignored)
+        try:
+            assert client.stdout is not None
+            assert client.stdout.readline() == b"ready\n"
+            os.kill(client.pid, signal.SIGHUP)
+            rest, err = client.communicate(timeout=30)
+        finally:
+            if client.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(client.pid, signal.SIGKILL)
+                client.wait(timeout=10)
+    assert client.returncode == status, err.decode()
+    assert rest == out
