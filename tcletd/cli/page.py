@@ -332,9 +332,9 @@ class _Page:
         import asyncio
 
         signals: asyncio.Queue[int] = asyncio.Queue()
-        taken = [s for s in ENDING if signal.getsignal(s) is not signal.SIG_IGN]  # nohup's
-        for signum in taken:
-            self._loop.add_signal_handler(signum, signals.put_nowait, signum)
+        from tcletd.cli.runner import enqueue_signals
+
+        taken = enqueue_signals(self._loop, signals, ENDING)
         tasks = [self._loop.create_task(self._one(i, embed)) for i, embed in enumerate(found)]
         taker = self._loop.create_task(self._take_signals(signals, tasks))
         try:

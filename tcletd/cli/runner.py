@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,6 +45,18 @@ async def _take_signals(queue: asyncio.Queue[int], tclet: Tclet, show: Callable[
             show()
         else:
             await tclet.end(*signal_ending(signum))
+
+
+def enqueue_signals(
+    loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[int], signals: Iterable[int]
+) -> list[int]:
+    """Handlers that only put each of ``signals`` on ``queue``, for the loop to act on in order;
+    a signal ignored when we started stays ignored (``nohup``'s SIGHUP, a background job's
+    SIGINT), as tclsh leaves it. Returns the signals taken."""
+    taken = [s for s in signals if signal.getsignal(s) is not signal.SIG_IGN]
+    for signum in taken:
+        loop.add_signal_handler(signum, queue.put_nowait, signum)
+    return taken
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,8 +96,7 @@ def run(args: argparse.Namespace) -> int:
                     print(status_line(entry), file=sys.stderr, flush=True)
 
             # Signal handlers only enqueue; _take_signals acts on them in the loop, in order.
-            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-                loop.add_signal_handler(signum, signals.put_nowait, signum)
+            enqueue_signals(loop, signals, (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1))
             taker = loop.create_task(_take_signals(signals, tclet, show))
             try:
                 result = await tclet.wait()
@@ -135,8 +146,7 @@ def serve(args: argparse.Namespace) -> int:
             loop = asyncio.get_running_loop()
             signals: asyncio.Queue[int] = asyncio.Queue()
             # Signal handlers only enqueue; this loop takes them in order.
-            for handled in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-                loop.add_signal_handler(handled, signals.put_nowait, handled)
+            enqueue_signals(loop, signals, (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1))
             print(f"tcletd: serving on {control.path}", file=sys.stderr, flush=True)
             try:
                 while (signum := await signals.get()) == signal.SIGUSR1:

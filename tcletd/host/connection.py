@@ -45,6 +45,8 @@ LOW_WATER = 64 * 1024
 # Replies queued for a client that runs a tclet and does not read them (a flood of status
 # requests); its tclet's output alone stays near HIGH_WATER, held at the relay.
 MAX_QUEUED = 8 * 1024 * 1024
+# Requests in progress at once on one connection (waits, follows, fetches).
+MAX_STREAMING = 16
 # Seconds a refused client's link stays half-closed before the host closes it.
 FAILED_LINGER = 5.0
 
@@ -271,7 +273,13 @@ class ControlConnection(asyncio.Protocol):
 
     def spawn(self, request: Coroutine[Any, Any, None]) -> None:
         """Run a streaming request as a task of this connection (cancelled with it); what it
-        raises as a TcletdError goes back to the client as an error."""
+        raises as a TcletdError goes back to the client as an error. At most MAX_STREAMING at
+        once: each holds a follower and its queue, so a client may not pile them up."""
+        if len(self._tasks) >= MAX_STREAMING:
+            request.close()
+            raise FrameError(
+                f"too many requests in progress on this connection (at most {MAX_STREAMING})"
+            )
         task = asyncio.get_running_loop().create_task(self._guarded(request))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -1,5 +1,7 @@
 """``nohup tcletd run --host ...``: a signal the client was started with ignored stays ignored,
-so a hang-up does not end the tclet (the client passes on only the signals it takes)."""
+so a hang-up does not end the tclet (the client passes on only the signals it takes); and an
+embedded ``tcletd run`` started with SIGINT ignored (a background job of a script) keeps it
+ignored, as tclsh does."""
 
 from __future__ import annotations
 
@@ -19,12 +21,15 @@ pytestmark = pytest.mark.timeout(60)
 SCRIPT = "puts ready; flush stdout; after 1500; puts done\n"
 
 
-def _client(sock: Path, script: Path, ignored: bool) -> subprocess.Popen[bytes]:
-    def ignore_hangups() -> None:  # nohup's doing, before exec
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+def _client(
+    sock: Path | None, script: Path, ignored: bool, signum: int = signal.SIGHUP
+) -> subprocess.Popen[bytes]:
+    def ignore_hangups() -> None:  # nohup's doing (or a shell's for a background job)
+        signal.signal(signum, signal.SIG_IGN)
 
+    where = ["--host", str(sock)] if sock is not None else []
     return subprocess.Popen(
-        [sys.executable, "-m", "tcletd", "run", "--host", str(sock), str(script)],
+        [sys.executable, "-m", "tcletd", "run", *where, str(script)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=ROOT,
@@ -54,5 +59,26 @@ def test_a_hangup_ignored_at_start_stays_ignored(
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(client.pid, signal.SIGKILL)
                 client.wait(timeout=10)
+    assert client.returncode == status, err.decode()
+    assert rest == out
+
+
+@pytest.mark.parametrize(("ignored", "status", "out"), [(True, 0, b"done\n"), (False, 130, b"")])
+def test_an_embedded_run_keeps_an_ignored_interrupt_ignored(
+    tmp_path: Path, ignored: bool, status: int, out: bytes
+) -> None:
+    script = tmp_path / "slow.tcl"
+    script.write_text(SCRIPT)
+    client = _client(None, script, ignored, signal.SIGINT)
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline() == b"ready\n"
+        os.kill(client.pid, signal.SIGINT)
+        rest, err = client.communicate(timeout=30)
+    finally:
+        if client.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(client.pid, signal.SIGKILL)
+            client.wait(timeout=10)
     assert client.returncode == status, err.decode()
     assert rest == out

@@ -317,6 +317,18 @@ def test_bad_fields_are_named(host: Operated) -> None:
     ]
 
 
+def test_requests_in_progress_on_one_connection_are_bounded(host: Operated) -> None:
+    """Each wait holds a task and a place in the tclet's future: a client may not pile up
+    more than 16 of them on one connection; the seventeenth is refused."""
+    tclet_id = host.launch(FOREVER)
+    waits = b"".join(encode({"op": "wait", "id": tclet_id}) for _ in range(17))
+    error = refused(host.sock, waits)
+    assert error["message"] == "too many requests in progress on this connection (at most 16)"
+    assert error["status"] == 2
+    assert [r["id"] for r in host.ps()] == [tclet_id]  # the host and the tclet go on
+    tiny_run(host.sock)
+
+
 # ---- the host's end -----------------------------------------------------------------------------
 
 

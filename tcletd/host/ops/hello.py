@@ -18,7 +18,7 @@ def handle(session: Session, header: dict[str, Any], payload: bytes) -> None:
         raise FrameError("hello: already said on this connection")
     if type(version) is not int or version != PROTOCOL:
         raise FrameError(
-            f"hello: protocol version {str(version)[:20]} is not spoken by this host "
+            f"hello: protocol version {version!r:.20} is not spoken by this host "
             f"(it speaks {PROTOCOL}); use a tcletd client of the host's version"
         )
     session.greeted = True
