@@ -129,7 +129,7 @@ def run(args: Any, host: str | Path) -> int:
     frame = request_frame(args, "run")
     with connect(host) as sock:
         sock.sendall(frame)
-        return _follow(sock)
+        return _follow(sock, getattr(args, "id_file", None))
 
 
 def request_frame(args: Any, op: str) -> bytes:
@@ -203,8 +203,9 @@ def signal_pipe(signals: Iterable[int]) -> Iterator[int]:
         os.close(wake_w)
 
 
-def _follow(sock: socket.socket) -> int:
-    """Relay the host's frames until the tclet's exit; forward our signals to the host."""
+def _follow(sock: socket.socket, id_file: str | None = None) -> int:
+    """Relay the host's frames until the tclet's exit; forward our signals to the host; write
+    the tclet's id to ``id_file`` when it starts."""
     reader = FrameReader(MAX_OUTPUT_CHUNK)
     with signal_pipe(FORWARDED) as wake_r:
         while True:
@@ -217,9 +218,21 @@ def _follow(sock: socket.socket) -> int:
                 if not data:
                     raise HostUnreachable("the tcletd host closed the connection")
                 for header, payload in reader.feed(data):
+                    if header.get("event") == "started" and id_file is not None:
+                        write_id(id_file, header.get("id"))
                     status = _take(header, payload, sock)
                     if status is not None:
                         return status
+
+
+def write_id(path: str, tclet_id: object) -> None:
+    """``--id-file``: the tclet's id and a newline, for scripts that name it later (``tcletd
+    logs``, ``ps``), as ``docker run --cidfile`` does."""
+    try:
+        with open(path, "w", encoding="ascii") as file:
+            file.write(f"{tclet_id}\n")
+    except OSError as exc:  # the tclet runs on; the operator learns the file is missing
+        print(f"tcletd: --id-file {path}: {exc.strerror or exc}", file=sys.stderr, flush=True)
 
 
 def _take(header: dict[str, Any], payload: bytes, sock: socket.socket) -> int | None:

@@ -143,6 +143,12 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--audit", default=None, metavar="FILE", help="append audit records here")
     run.add_argument(
+        "--id-file",
+        default=None,
+        metavar="FILE",
+        help="write the tclet's id here once it starts (for tcletd ps, logs, kill on a host)",
+    )
+    run.add_argument(
         "--master",
         default=None,
         metavar="FILE",

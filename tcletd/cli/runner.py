@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tcletd import __version__
-from tcletd.cli.client import is_url, launch_fields, read_script, status_line
+from tcletd.cli.client import is_url, launch_fields, read_script, status_line, write_id
 from tcletd.shared.errors import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, TcletdError
 from tcletd.shared.states import signal_ending
 
@@ -88,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
             # A URL's script is fetched here (FetchFailed: "fetch URL: cause", exit 66).
             request = await host.prepare(asked)
             tclet = host.launch_request(request)
+            if args.id_file is not None:
+                write_id(args.id_file, tclet.id)
             loop = asyncio.get_running_loop()
             signals: asyncio.Queue[int] = asyncio.Queue()
 

@@ -107,6 +107,25 @@ def test_a_detached_launch_outlives_its_client(host: Operated) -> None:
     assert tcletd("kill", tclet_id).stdout == f"{tclet_id}\n"
 
 
+def test_an_attached_run_names_its_tclet_in_an_id_file(host: Operated, tmp_path: Path) -> None:
+    """``run --host --id-file``: the attached tclet's id, for ps and logs while it runs; the
+    embedded run writes the id its audit records carry."""
+    id_file = tmp_path / "id"
+    script = host.script("puts started; flush stdout; after 300; puts done\n")
+    done = tcletd("run", "--id-file", str(id_file), script)
+    assert (done.status, done.stdout) == (0, "started\ndone\n"), done
+    tclet_id = id_file.read_text().strip()
+    assert ID.fullmatch(tclet_id)
+    assert tcletd("logs", tclet_id).stdout == "started\ndone\n"
+    assert [r["id"] for r in host.ps("--all")] == [tclet_id]
+    audit = tmp_path / "embedded.jsonl"
+    done = tcletd("run", "--host", "", "--id-file", str(id_file), "--audit", str(audit), script)
+    assert done.status == 0, done
+    embedded_id = id_file.read_text().strip()
+    assert ID.fullmatch(embedded_id) and embedded_id != tclet_id
+    assert {r["tclet"] for r in audit_records(audit)} == {embedded_id}
+
+
 def test_ps_all_and_json(host: Operated) -> None:
     ended = host.launch("exit 3", name="three.tcl")
     assert tcletd("wait", ended).status == 3
