@@ -49,6 +49,7 @@ def start() -> None:
     """Start the fork server if it is not running (idempotent, cheap once running)."""
     from multiprocess import forkserver
 
+    raise_descriptor_limit()  # before the fork server is spawned: it inherits the limit
     context()
     _own_temp_dir()
     with no_main_module():
@@ -68,3 +69,22 @@ def _own_temp_dir() -> None:
         run_dir = RunDir()
         config["tempdir"] = str(run_dir.path)
         atexit.register(run_dir.close)
+
+
+def raise_descriptor_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; the soft limit now.
+
+    A host holds four descriptors per tclet (its socketpairs and its sentinel) and one per socket,
+    and the fork server one per live worker: the usual soft limit of 1024 would stop a host near
+    250 tclets. Raising the soft limit to the hard one needs no privilege. Workers are not
+    affected: each sets its own limit from its socket quota (:mod:`tcletd.worker.sandbox`), and
+    its descriptors are numbered from the bottom (:mod:`tcletd.worker.main`).
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

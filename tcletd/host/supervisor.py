@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import resource
 import signal
 import socket
 from dataclasses import dataclass, field
@@ -22,10 +24,33 @@ import msgspec
 
 from tcletd.host import forkserver
 from tcletd.host.cgroups import Cgroups, WorkerCgroup
+from tcletd.host.quotas import HostFull
 from tcletd.shared import protocol as p
 from tcletd.shared.errors import EXIT_UNAVAILABLE, TcletdError
 
 _IDLE = os.sched_param(0)
+
+
+def _pair_or_close(*opened: socket.socket) -> tuple[socket.socket, socket.socket]:
+    """A stream socketpair; if it cannot be made, ``opened`` are closed first."""
+    try:
+        return socket.socketpair()
+    except OSError:
+        for sock in opened:
+            sock.close()
+        raise
+
+
+def _out_of_descriptors(exc: OSError) -> Exception:
+    """A launch that failed for want of descriptors is the host being full (try again later),
+    said as such; any other OSError is what it is."""
+    if exc.errno not in (errno.EMFILE, errno.ENFILE):
+        return exc
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return HostFull(
+        f"the host is out of file descriptors (its limit is {limit}); a tclet costs it 4, and "
+        "one more per socket: try again when tclets have ended"
+    )
 
 
 class CgroupRefused(TcletdError):
@@ -125,16 +150,22 @@ class Supervisor:
 
         if demoted:
             spec = msgspec.structs.replace(spec, demoted=True)
+        # The descriptors first: a host out of them is told so, not that a cgroup failed.
+        try:
+            host_fd, worker_fd = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            host_out, worker_out = _pair_or_close(host_fd, worker_fd)
+            host_err, worker_err = _pair_or_close(host_fd, worker_fd, host_out, worker_out)
+        except OSError as exc:
+            raise _out_of_descriptors(exc) from None
+        pairs = (host_fd, worker_fd, host_out, worker_out, host_err, worker_err)
         cgroup = None
         if self.cgroups.active:
             try:
                 cgroup = self.cgroups.create(spec.tclet_id, spec.memory, demoted=demoted)
             except OSError as exc:
+                for sock in pairs:
+                    sock.close()
                 raise CgroupRefused(f"cannot make the worker's cgroup: {exc}") from None
-
-        host_fd, worker_fd = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        host_out, worker_out = socket.socketpair()
-        host_err, worker_err = socket.socketpair()
         try:
             process = self._ctx.Process(
                 target=worker_main.run,
@@ -151,11 +182,13 @@ class Supervisor:
             )
             with forkserver.no_main_module():
                 process.start()
-        except BaseException:
+        except BaseException as exc:
             for sock in (host_fd, host_out, host_err):
                 sock.close()
             if cgroup is not None:
                 self.cgroups.release(cgroup)
+            if isinstance(exc, OSError):
+                raise _out_of_descriptors(exc) from None
             raise
         finally:
             for sock in (worker_fd, worker_out, worker_err):

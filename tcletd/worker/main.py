@@ -69,6 +69,34 @@ def _drop_fork_server_fds() -> None:
             setattr(owner, attr, None)
 
 
+def _own_descriptors_only(fdsock: socket.socket) -> socket.socket:
+    """Close every descriptor the worker inherited but its standard streams and ``fdsock``, and
+    move ``fdsock`` to the lowest free number; the socket object for it.
+
+    The fork server holds a descriptor per live worker, so a worker forked while a thousand run
+    inherits, and receives its own socketpair at, numbers above a thousand. Tcl 8.6's notifier
+    watches with ``select()``, which aborts the process (glibc's "bit out of range 0 -
+    FD_SETSIZE") for a descriptor of 1024 or more: the link's socketpair is watched, and every
+    socket the host hands over would land above the inherited ones. After this, a worker's
+    descriptors are numbered from the bottom whatever the number of its siblings.
+    """
+    keep = fdsock.fileno()
+    os.closerange(3, keep)
+    os.closerange(keep + 1, _fd_ceiling())
+    low = os.dup(keep)  # the lowest free number: 3
+    moved = socket.socket(fileno=low)
+    fdsock.close()
+    return moved
+
+
+def _fd_ceiling() -> int:
+    """One past the highest descriptor this process holds (closerange's end)."""
+    try:
+        return max(int(name) for name in os.listdir("/proc/self/fd")) + 1
+    except (OSError, ValueError):
+        return os.sysconf("SC_OPEN_MAX")
+
+
 def _enter_cgroup(procs: Sequence[str]) -> None:
     """Move this process into the cgroup the host made for it, and read the move back from the
     kernel; exit rather than go on outside it. Done first, before any thread or allocation of
@@ -120,6 +148,7 @@ def run(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _redirect_output(out, err)
+    fdsock = _own_descriptors_only(fdsock)
     _enter_cgroup(cgroup_procs)
     # After the cgroup (the namespace's kernel memory is then charged to it) and before any
     # thread exists (libzmq's, Tcl's notifier), so that all of them are in it.
