@@ -8,7 +8,8 @@ For each N, in one run, side by side:
 - tcletd: a ``tcletd serve --max-workers N+10 --max-sockets 4N+100 --penalty 0`` started here;
   one client sends N ``launch`` frames at once over the control socket (the project's own
   protocol, docs/protocol.md); each tclet (policy ``home``, origin its file's URL, so it may
-  connect back to localhost) connects to a local line server, sends one line and idles;
+  connect back to ``localhost``, a name from /etc/hosts: no DNS query) connects to a local line
+  server, sends one line and idles;
 - tclsh: N ``tclsh`` processes started at once (fork+exec, no isolation) running the same script:
   the floor of the process-per-script model.
 
@@ -44,7 +45,7 @@ from tcletd.shared.control import FrameReader, encode, hello
 ROOT = Path(__file__).resolve().parents[1]
 TCLETD = [sys.executable, "-m", "tcletd"]
 SCRIPT = """\
-set s [socket 127.0.0.1 [lindex $argv 0]]
+set s [socket localhost [lindex $argv 0]]
 fconfigure $s -buffering line
 puts $s up
 vwait forever
@@ -66,35 +67,46 @@ class LineServer:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.sock, selectors.EVENT_READ)
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # reset (the caller's thread) against the serving thread
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
     def reset(self) -> None:
-        for conn in self._conns:
-            self._selector.unregister(conn)
-            conn.close()
-        self._conns.clear()
-        self.arrivals = []
+        with self._lock:
+            for conn in self._conns:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._selector.unregister(conn)  # those that sent their line are not
+                conn.close()
+            self._conns.clear()
+            self.arrivals = []
 
     def _serve(self) -> None:
         while not self._stop.is_set():
-            for key, _ in self._selector.select(0.1):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
-                if sock is self.sock:
-                    with contextlib.suppress(BlockingIOError):
-                        while True:
-                            conn, _addr = self.sock.accept()
-                            conn.setblocking(False)
-                            self._conns.append(conn)
-                            self._selector.register(conn, selectors.EVENT_READ)
-                    continue
-                try:
-                    data = sock.recv(4096)
-                except OSError:
-                    data = b""
-                if data:
-                    self.arrivals.append(time.monotonic())
+            events = self._selector.select(0.1)
+            with self._lock:
+                self._handle(events)
+
+    def _handle(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
+        for key, _ in events:
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            if sock is self.sock:
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        conn, _addr = self.sock.accept()
+                        conn.setblocking(False)
+                        self._conns.append(conn)
+                        self._selector.register(conn, selectors.EVENT_READ)
+                continue
+            if sock.fileno() < 0:
+                continue  # closed by reset since the select
+            try:
+                data = sock.recv(4096)
+            except OSError:
+                data = b""
+            if data:
+                self.arrivals.append(time.monotonic())
+            with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(sock)  # one line each is all we wait for
 
     def close(self) -> None:
@@ -150,20 +162,27 @@ def pss_per_process(pids: Sequence[int]) -> float:
 @contextlib.contextmanager
 def served(sock: Path, n: int) -> Iterator[subprocess.Popen[bytes]]:
     args = ["--max-workers", str(n + 10), "--max-sockets", str(4 * n + 100), "--penalty", "0"]
-    proc = subprocess.Popen(
-        [*TCLETD, "serve", "--socket", str(sock), *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-        start_new_session=True,
-    )
+    log = sock.parent / "serve.log"  # a file, not a pipe nobody reads: the host never blocks
+    sock.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [*TCLETD, "serve", "--socket", str(sock), *args],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=ROOT,
+            start_new_session=True,
+        )
     try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline().decode()
-        if not line.startswith("tcletd: serving on "):
-            raise SystemExit(f"tcletd serve did not start: {line!r}")
+        deadline = time.monotonic() + 60
+        while not log.read_text().startswith("tcletd: serving on "):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"tcletd serve did not start: {log.read_text()[-500:]!r}")
+            time.sleep(0.05)
         yield proc
     finally:
+        said = log.read_text(errors="replace").splitlines()[1:]  # after "serving on"
+        if said:  # what went wrong, if anything did: its last words
+            print("\n" + "\n".join(f"serve: {line}" for line in said[-8:]), file=sys.stderr)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -184,7 +203,10 @@ def launch_all(sock: Path, script: Path, n: int, port: int) -> list[int]:
     pids: list[int] = []
     with socket.socket(socket.AF_UNIX) as conn:
         conn.connect(str(sock))
-        conn.sendall(hello() + frame * n)
+        # Sent from a thread while this one reads the replies: a client that does not read
+        # its replies is paused by the host (and its frames then time out).
+        sender = threading.Thread(target=conn.sendall, args=(hello() + frame * n,), daemon=True)
+        sender.start()
         reader = FrameReader(1 << 20)
         while len(pids) < n:
             data = conn.recv(1 << 16)
@@ -195,6 +217,8 @@ def launch_all(sock: Path, script: Path, n: int, port: int) -> list[int]:
                     raise SystemExit(f"launch refused after {len(pids)}: {header.get('message')}")
                 if header.get("event") == "launched":
                     pids.append(int(header["pid"]))
+                    if len(pids) % 10 == 0:
+                        progress(f"tcletd N={n}: {len(pids)}/{n} launched")
     return pids
 
 

@@ -193,6 +193,9 @@ class ControlConnection(asyncio.Protocol):
             self.frame_since = self.since if self._reader.partial else None
         else:
             self._pause(transport)
+            # The frames left wait on the host, not on the client: a burst the host is slow to
+            # take (a thousand launches) must not run out the client's frame deadline.
+            self.frame_since = None
             self._turn = asyncio.get_running_loop().call_soon(self._work)
             self._account()
             return
