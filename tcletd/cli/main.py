@@ -329,7 +329,7 @@ def _doctor(args: argparse.Namespace) -> int:
 COMMANDS = (
     Command(
         "run",
-        "run one tclet on an embedded host",
+        "run one tclet to its end: on an embedded host, or attached on --host",
         _run,
         arguments=_run_arguments,
         epilog=RUN_EPILOG,
@@ -356,13 +356,16 @@ COMMANDS = (
     ),
     Command(
         "serve",
-        "run a resident host that clients run tclets on (tcletd run --host)",
+        "run a resident host: tclets for run --host, launch, ps, logs, kill, wait",
         _serve,
         arguments=_serve_arguments,
         epilog=SERVE_EPILOG,
     ),
     Command(
-        "status", "list the tclets running on a resident host", _status, arguments=_status_arguments
+        "status",
+        "one status line per tclet running on a resident host",
+        _status,
+        arguments=_status_arguments,
     ),
     Command(
         "launch",
