@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from support import EXAMPLES, ROOT
-from support.processes import run_tcletd
+from support import EXAMPLES
+from support.processes import run_tcletd, tcletd_process
 from support.wire import serving
 
 from tcletd.shared.errors import EXIT_BROKEN_PIPE
@@ -28,25 +26,12 @@ COMMANDS = [
 ]
 
 
-@contextlib.contextmanager
-def tcletd_into(stdout: int, args: Sequence[str]) -> Iterator[subprocess.Popen[bytes]]:
+def tcletd_into(
+    stdout: int, args: Sequence[str]
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
     """``python -m tcletd ARGS`` writing to ``stdout`` (unbuffered, so that each line is its own
     write), in a session of its own, killed by its group's id if still there."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tcletd", *args],
-        stdout=stdout,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        start_new_session=True,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+    return tcletd_process(args, stdout=stdout, env={"PYTHONUNBUFFERED": "1"})
 
 
 def _readerless(kind: str) -> int:
@@ -60,12 +45,8 @@ def _readerless(kind: str) -> int:
     return theirs.detach()
 
 
-@pytest.mark.parametrize("kind", ["pipe", "socket"])
-@pytest.mark.parametrize("args", COMMANDS)
-def test_a_reader_gone_before_the_first_line_is_status_141_and_silence(
-    args: list[str], kind: str
-) -> None:
-    """Deterministic: the pipe has no reader left when the command first writes."""
+def _into_readerless(kind: str, args: Sequence[str]) -> tuple[int, bytes]:
+    """``tcletd ARGS`` with its stdout a ``kind`` whose reader is gone: its status and stderr."""
     write_end = _readerless(kind)
     try:
         with tcletd_into(write_end, args) as proc:
@@ -77,8 +58,16 @@ def test_a_reader_gone_before_the_first_line_is_status_141_and_silence(
     finally:
         if write_end >= 0:
             os.close(write_end)
-    assert err == b"", err.decode()
-    assert status == EXIT_BROKEN_PIPE
+    return status, err
+
+
+@pytest.mark.parametrize("kind", ["pipe", "socket"])
+@pytest.mark.parametrize("args", COMMANDS)
+def test_a_reader_gone_before_the_first_line_is_status_141_and_silence(
+    args: list[str], kind: str
+) -> None:
+    """Deterministic: the pipe has no reader left when the command first writes."""
+    assert _into_readerless(kind, args) == (EXIT_BROKEN_PIPE, b"")
 
 
 @pytest.mark.parametrize("args", COMMANDS)
@@ -105,15 +94,5 @@ def test_a_resident_hosts_clients_end_quietly_too(tmp_path: Path) -> None:
         tclet = ran.stdout.strip()
         assert run_tcletd(["wait", "--host", str(sock), tclet]).status == 0
         for args in (["events"], ["ps", "--all"], ["logs", tclet]):
-            write_end = _readerless("pipe")
-            try:
-                with tcletd_into(write_end, [*args, "--host", str(sock)]) as proc:
-                    os.close(write_end)
-                    write_end = -1
-                    assert proc.stderr is not None
-                    err = proc.stderr.read()
-                    status = proc.wait(timeout=40)
-            finally:
-                if write_end >= 0:
-                    os.close(write_end)
+            status, err = _into_readerless("pipe", [*args, "--host", str(sock)])
             assert (status, err) == (EXIT_BROKEN_PIPE, b""), (args, err.decode())

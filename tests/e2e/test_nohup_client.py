@@ -38,6 +38,24 @@ def _client(
     )
 
 
+def _signalled(sock: Path | None, script: Path, ignored: bool, signum: int) -> tuple[int, bytes]:
+    """Start the client with ``signum`` ignored or not, send it ``signum`` once its tclet runs;
+    its status and the rest of its output. It is killed by its group's id if still there."""
+    client = _client(sock, script, ignored, signum)
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline() == b"ready\n"
+        os.kill(client.pid, signum)
+        rest, err = client.communicate(timeout=30)
+    finally:
+        if client.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(client.pid, signal.SIGKILL)
+            client.wait(timeout=10)
+    assert client.returncode is not None, err.decode()
+    return client.returncode, rest
+
+
 @pytest.mark.parametrize(("ignored", "status", "out"), [(True, 0, b"done\n"), (False, 129, b"")])
 def test_a_hangup_ignored_at_start_stays_ignored(
     tmp_path: Path, ignored: bool, status: int, out: bytes
@@ -48,19 +66,7 @@ def test_a_hangup_ignored_at_start_stays_ignored(
     script = tmp_path / "slow.tcl"
     script.write_text(SCRIPT)
     with serving(sock):
-        client = _client(sock, script, ignored)
-        try:
-            assert client.stdout is not None
-            assert client.stdout.readline() == b"ready\n"
-            os.kill(client.pid, signal.SIGHUP)
-            rest, err = client.communicate(timeout=30)
-        finally:
-            if client.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(client.pid, signal.SIGKILL)
-                client.wait(timeout=10)
-    assert client.returncode == status, err.decode()
-    assert rest == out
+        assert _signalled(sock, script, ignored, signal.SIGHUP) == (status, out)
 
 
 @pytest.mark.parametrize(("ignored", "status", "out"), [(True, 0, b"done\n"), (False, 130, b"")])
@@ -69,16 +75,4 @@ def test_an_embedded_run_keeps_an_ignored_interrupt_ignored(
 ) -> None:
     script = tmp_path / "slow.tcl"
     script.write_text(SCRIPT)
-    client = _client(None, script, ignored, signal.SIGINT)
-    try:
-        assert client.stdout is not None
-        assert client.stdout.readline() == b"ready\n"
-        os.kill(client.pid, signal.SIGINT)
-        rest, err = client.communicate(timeout=30)
-    finally:
-        if client.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(client.pid, signal.SIGKILL)
-            client.wait(timeout=10)
-    assert client.returncode == status, err.decode()
-    assert rest == out
+    assert _signalled(None, script, ignored, signal.SIGINT) == (status, out)

@@ -8,15 +8,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import ROOT
 from support.http import WebServer
-from support.processes import Ran, run_tcletd
+from support.processes import Ran, run_tcletd, tcletd_process
 from support.wire import serving
 
 pytestmark = pytest.mark.timeout(90)
@@ -133,24 +130,6 @@ def test_an_unfetchable_tclet_fails_alone_with_66(tmp_path: Path, web: WebServer
     assert ran.stderr == f"gone | tcletd: fetch {missing}: HTTP 404 Not Found\n", ran
 
 
-@contextlib.contextmanager
-def _page_process(*args: str) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tcletd", "page", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-        start_new_session=True,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=10)
-
-
 @pytest.mark.parametrize("resident", [False, True], ids=["embedded", "resident"])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_ends_every_tclet(tmp_path: Path, resident: bool, signum: int) -> None:
@@ -163,7 +142,7 @@ def test_a_signal_ends_every_tclet(tmp_path: Path, resident: bool, signum: int) 
         if resident:
             stack.enter_context(serving(sock))
             args = ["--host", str(sock), *args]
-        proc = stack.enter_context(_page_process(*args))
+        proc = stack.enter_context(tcletd_process(["page", *args]))
         assert proc.stdout is not None
         ready = {proc.stdout.readline(), proc.stdout.readline()}
         assert ready == {b"one | ready\n", b"two | ready\n"}

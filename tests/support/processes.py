@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,16 +74,22 @@ def run_tcletd(
 
 @contextlib.contextmanager
 def tcletd_process(
-    args: Sequence[str], *, stderr: int = subprocess.PIPE
+    args: Sequence[str],
+    *,
+    stdout: int = subprocess.PIPE,
+    stderr: int = subprocess.PIPE,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A running ``python -m tcletd ARGS`` in a session of its own, for tests that talk to it or
     signal it; whatever is left of it (the host, its fork server, its workers) is killed by the
-    process group's id on the way out."""
+    process group's id on the way out. ``stdout``/``stderr``: a PIPE or a descriptor; ``env``:
+    added to ours."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "tcletd", *args],
-        stdout=subprocess.PIPE,
+        stdout=stdout,
         stderr=stderr,
         cwd=ROOT,
+        env={**os.environ, **env} if env is not None else None,
         start_new_session=True,
     )
     try:
