@@ -23,6 +23,7 @@ Every process it starts is ended by PID (the host by its process group).
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import os
 import selectors
@@ -222,6 +223,28 @@ def launch_all(sock: Path, script: Path, n: int, port: int) -> list[int]:
     return pids
 
 
+def report_missing(sock: Path) -> None:
+    """What became of the tclets that did not come up: the ended ones' exit reasons and the
+    running ones' states, from the host's ``ps``."""
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.connect(str(sock))
+        conn.sendall(hello() + encode({"op": "ps", "all": True}))
+        reader = FrameReader(1 << 24)
+        while True:
+            data = conn.recv(1 << 16)
+            if not data:
+                return
+            for header, _ in reader.feed(data):
+                if header.get("event") == "ps":
+                    rows = header["tclets"]
+                    ended = collections.Counter(
+                        f"{r['status']} {r['reason']}" for r in rows if r["state"] == "ended"
+                    )
+                    states = collections.Counter(r["state"] for r in rows)
+                    print(f"\nended: {dict(ended)}; states: {dict(states)}", file=sys.stderr)
+                    return
+
+
 def host_cpu(proc: subprocess.Popen[bytes], seconds: float) -> float:
     """Cores the host and its fork server used over ``seconds`` (workers not counted)."""
     host = psutil.Process(proc.pid)
@@ -244,6 +267,8 @@ def run_tcletd(n: int, server: LineServer, tmp: Path, timeout: float) -> Result:
         pids = launch_all(tmp / f"run{n}" / "control.sock", script, n, server.port)
         wait_up(server, n, start, start + timeout, f"tcletd N={n}")
         result = summarise(server, n, start, pids)
+        if result.up < n:
+            report_missing(tmp / f"run{n}" / "control.sock")
         if result.up == n:
             progress(f"tcletd N={n}: all up; host CPU while idle, {IDLE_SAMPLE:g} s")
             result.idle_cpu = host_cpu(proc, IDLE_SAMPLE)

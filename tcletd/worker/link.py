@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 # The status a worker exits with when its host is gone (fail closed, like Deno's broker loss).
 EXIT_HOST_GONE = 75
+# Seconds a worker waits for its connection to the host before it gives up (the host is gone).
+CONNECT_TIMEOUT = 10.0
 # Plain ints: pyzmq's enum flags cost a few microseconds per use on the request path.
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 
@@ -59,6 +61,10 @@ class Link:
         self._dealer.setsockopt(zmq.IDENTITY, spec.tclet_id.encode())
         # Bounded linger: a Close sent just before exit should still leave, but never hang exit.
         self._dealer.setsockopt(zmq.LINGER, 200)
+        # Watched from before the connect, so that its event cannot come before we listen.
+        self._monitor: zmq.Socket[bytes] | None = self._dealer.get_monitor_socket(
+            zmq.EVENT_CONNECTED
+        )
         self._dealer.connect(spec.endpoint)
         self._poller = zmq.Poller()
         self._poller.register(self._dealer, zmq.POLLIN)
@@ -70,6 +76,25 @@ class Link:
         self._runtime: TclRuntime | None = None
         self._drain_scheduled = False
         self._token = spec.token
+
+    def wait_connected(self, timeout: float = CONNECT_TIMEOUT) -> bool:
+        """Until the connection to the host exists; False if it did not within ``timeout``.
+
+        libzmq makes the connection's socket in its I/O thread, some time after ``connect``
+        returned. The sandbox refuses new sockets, so it must not come first: a worker sandboxed
+        before its I/O thread made the socket could never reach the host, and waited for ever
+        before its hello (about one launch in a hundred in a burst of fifty).
+        """
+        monitor = self._monitor
+        if monitor is None:
+            return True
+        try:
+            connected = bool(monitor.poll(round(timeout * 1000)))
+        finally:
+            self._dealer.disable_monitor()
+            monitor.close(linger=0)
+            self._monitor = None
+        return connected
 
     def hello(self) -> None:
         """The first message: the tclet's script starts now. Sent after the runtime is built and

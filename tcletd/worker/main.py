@@ -164,8 +164,13 @@ def run(
     link = Link(spec, fdsock)
     runtime = TclRuntime(spec, link)
     link.attach(runtime)
-    # Every thread (libzmq's, Tcl's notifier) must exist before the sandbox forbids new ones.
+    # Every thread (libzmq's, Tcl's notifier) must exist before the sandbox forbids new ones,
+    # and so must the link's socket, which libzmq's I/O thread makes in its own time.
     runtime.prime()
+    # A test's probe never says hello (its endpoint may be no host at all): it need not wait.
+    if not spec.probe and not link.wait_connected():
+        os.write(2, b"tcletd worker: cannot reach the host\n")
+        os._exit(EXIT_HOST_GONE)
     sandbox.apply(spec)
     runtime.on_policy = lambda grant: sandbox.follow(grant.nofile, grant.memory, grant.cpu)
     if spec.probe:
