@@ -182,12 +182,8 @@ class ControlConnection(asyncio.Protocol):
                 if frame is None:
                     break
                 self._take(*frame)
-            except TcletdError as exc:
-                self._fail(str(exc), exc.exit_status if self.tclet is None else EXIT_SOFTWARE)
-                return
             except Exception as exc:  # the host goes on; the client learns it failed
-                log.exception("control request failed")
-                self._fail(f"internal error: {exc}", EXIT_SOFTWARE)
+                self._refuse(exc)
                 return
             self.since = time.monotonic()
             self.frame_since = self.since if self._reader.partial else None
@@ -290,16 +286,20 @@ class ControlConnection(asyncio.Protocol):
     async def _guarded(self, request: Coroutine[Any, Any, None]) -> None:
         try:
             await request
-        except TcletdError as exc:
-            self._fail(str(exc), exc.exit_status)
         except Exception as exc:  # the host goes on; the client learns it failed
-            log.exception("control request failed")
-            self._fail(f"internal error: {exc}", EXIT_SOFTWARE)
+            self._refuse(exc)
         finally:
             self.since = time.monotonic()
 
-    def fail(self, message: str, status: int) -> None:
-        self._fail(message, status)
+    def _refuse(self, exc: Exception) -> None:
+        """A request failed: a TcletdError is the client's answer, with its status (70 once a
+        run has started: the client's tclet ends with the link); anything else is the host's
+        own failure, logged."""
+        if isinstance(exc, TcletdError):
+            self._fail(str(exc), exc.exit_status if self.tclet is None else EXIT_SOFTWARE)
+        else:
+            log.error("control request failed", exc_info=exc)
+            self._fail(f"internal error: {exc}", EXIT_SOFTWARE)
 
     def end(self, reason: str, status: int) -> None:
         assert self.tclet is not None

@@ -46,9 +46,6 @@ class Session(Protocol):
     async def drained(self) -> None:
         """Until the client has read what was sent it (down to the low-water mark)."""
 
-    def fail(self, message: str, status: int) -> None:
-        """Tell the client what went wrong and close the connection."""
-
 
 Handler = Callable[[Session, dict[str, Any], bytes], None]
 
