@@ -27,6 +27,7 @@ import contextlib
 import errno
 import os
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
 EXIT_HOST_GONE = 75
 # Seconds a worker waits for its connection to the host before it gives up (the host is gone).
 CONNECT_TIMEOUT = 10.0
+# Seconds the worker waits for libzmq to close the connect monitor's descriptors.
+MONITOR_CLOSE_TIMEOUT = 1.0
 # Plain ints: pyzmq's enum flags cost a few microseconds per use on the request path.
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 
@@ -62,9 +65,12 @@ class Link:
         # Bounded linger: a Close sent just before exit should still leave, but never hang exit.
         self._dealer.setsockopt(zmq.LINGER, 200)
         # Watched from before the connect, so that its event cannot come before we listen.
+        before = _descriptors()
         self._monitor: zmq.Socket[bytes] | None = self._dealer.get_monitor_socket(
             zmq.EVENT_CONNECTED
         )
+        # The monitor's own descriptors (a mailbox per PAIR socket), to see them closed later.
+        self._monitor_fds = {fd: ino for fd, ino in _descriptors().items() if fd not in before}
         self._dealer.connect(spec.endpoint)
         self._poller = zmq.Poller()
         self._poller.register(self._dealer, zmq.POLLIN)
@@ -94,6 +100,7 @@ class Link:
             self._dealer.disable_monitor()
             monitor.close(linger=0)
             self._monitor = None
+            _await_closed(self._monitor_fds, MONITOR_CLOSE_TIMEOUT)
         return connected
 
     def hello(self) -> None:
@@ -284,3 +291,29 @@ class Link:
 
     def limit_hit(self, limit: str, detail: str) -> None:
         self._send(p.LimitHit(limit=limit[: p.MAX_WORD], detail=detail[: p.MAX_WORD]))
+
+
+def _descriptors() -> dict[int, int]:
+    """Each open descriptor's inode, by number: a number libzmq reuses for its connection's
+    socket shows another inode (eventfds all share one, but nothing makes one meanwhile)."""
+    out = {}
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed since
+            out[int(name)] = os.fstat(int(name)).st_ino
+    return out
+
+
+def _await_closed(fds: dict[int, int], timeout: float) -> None:
+    """Until none of ``fds`` is open on the same file, for at most ``timeout`` seconds.
+
+    libzmq closes a socket's descriptors in its reaper thread, some time after ``close``
+    returns. The sandbox sizes RLIMIT_NOFILE from the descriptors open when it is applied, so a
+    mailbox still open then and closed later would give the tclet one more socket than its
+    quota says, on a loaded machine only.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        still = _descriptors()
+        if not any(still.get(fd) == ino for fd, ino in fds.items()):
+            return
+        time.sleep(0.001)
