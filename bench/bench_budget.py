@@ -55,7 +55,7 @@ class Link:
     def request_policy(self, name: str) -> PolicyGranted:
         raise RuntimeError("no policy in this benchmark")
 
-    def heartbeat(self, state: str, commands: int) -> None:
+    def heartbeat(self, state: str, commands: int, waiting: bool = False) -> None:
         pass
 
     def limit_hit(self, limit: str, detail: str) -> None:

@@ -234,7 +234,8 @@ class Bench:
         self.names: dict[int, str] = {}
 
     def launched(self, tclet: Tclet, name: str) -> None:
-        if tclet.worker is not None:
+        # Forked by now: the caller waited for its start.
+        if tclet.worker is not None and tclet.worker.pid is not None:
             self.workers[tclet.worker.pid] = []
             self.names[tclet.worker.pid] = name
 
@@ -290,8 +291,10 @@ class Bench:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), exc.wait)
                 continue
+            if tclet.worker is not None:
+                await tclet.worker.started
             self.launched(tclet, name)
-            if self.args.nice_hostile and tclet.worker is not None:
+            if self.args.nice_hostile and tclet.worker is not None and tclet.worker.pid:
                 with contextlib.suppress(OSError):
                     os.setpriority(os.PRIO_PROCESS, tclet.worker.pid, 10)
             waiter = asyncio.ensure_future(tclet.wait())

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_layers.py [--rounds N] [--batch B]
 
-Forks children the way the fork server forks workers and measures, for each layer and none:
+Forks children the way the zygote forks workers and measures, for each layer and none:
 the layer's set-up in the child (``netns.enter``: the ``unshare``; ``seccomp.load``: building
 and loading the filter; p50/p90), the whole fork+exit+reap per child run one after another, the
 time to fork a batch of children that all hold their layer, then end them all at once and reap

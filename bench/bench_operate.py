@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sleeper.write_text("after 600000\n")
         with served(sock, args.tclets + 16):
             launch = [*TCLETD, "launch", str(HELLO)]
-            for _ in range(3):  # warm: the fork server, the host's first launches
+            for _ in range(3):  # warm: the zygote, the host's first launches
                 timed(launch, env)
             results = [("tcletd launch examples/hello.tcl", rounds(launch, env, args.rounds))]
             if tclsh is not None:

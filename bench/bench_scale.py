@@ -15,7 +15,7 @@ For each N, in one run, side by side:
 
 Reported: all up (the time from the first launch to the N-th line at the server), the median
 time to a tclet's first line, the proportional memory (PSS) per tclet from
-``/proc/PID/smaps_rollup``, the host's CPU while all N idle (the host and its fork server, over
+``/proc/PID/smaps_rollup``, the host's CPU while all N idle (the host and its zygote, over
 5 s), and how many came up within the deadline. A line on stderr shows progress while it runs.
 Every process it starts is ended by PID (the host by its process group).
 """
@@ -181,9 +181,7 @@ def served(sock: Path, n: int) -> Iterator[subprocess.Popen[bytes]]:
             time.sleep(0.05)
         yield proc
     finally:
-        said = log.read_text(errors="replace").splitlines()[1:]  # after "serving on"
-        if said:  # what went wrong, if anything did: its last words
-            print("\n" + "\n".join(f"serve: {line}" for line in said[-8:]), file=sys.stderr)
+        # The host first: nothing that goes wrong below may leave it and its workers running.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -191,6 +189,10 @@ def served(sock: Path, n: int) -> Iterator[subprocess.Popen[bytes]]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        with contextlib.suppress(OSError):
+            said = log.read_text(errors="replace").splitlines()[1:]  # after "serving on"
+            if said:  # what went wrong, if anything did: its last words
+                print("\n" + "\n".join(f"serve: {line}" for line in said[-8:]), file=sys.stderr)
 
 
 def launch_all(sock: Path, script: Path, n: int, port: int) -> list[int]:
@@ -246,9 +248,9 @@ def report_missing(sock: Path) -> None:
 
 
 def host_cpu(proc: subprocess.Popen[bytes], seconds: float) -> float:
-    """Cores the host and its fork server used over ``seconds`` (workers not counted)."""
+    """Cores the host and its zygote used over ``seconds`` (workers not counted)."""
     host = psutil.Process(proc.pid)
-    parts = [host, *[c for c in host.children() if "forkserver" in " ".join(c.cmdline())]]
+    parts = [host, *[c for c in host.children() if "tcletd.worker.zygote" in " ".join(c.cmdline())]]
 
     def total() -> float:
         return sum(sum(p.cpu_times()[:2]) for p in parts)

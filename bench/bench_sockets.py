@@ -276,10 +276,13 @@ def runtimes(tclsh: str, include_tcletd: bool, resident: str | None) -> list[Run
 
 
 @contextlib.contextmanager
-def resident_host(run_dir: Path) -> Iterator[str]:
-    """A ``tcletd serve`` for the resident runtime; its control socket's path."""
+def resident_host(
+    run_dir: Path, *serve_args: str, tcletd: Sequence[str] | None = None
+) -> Iterator[str]:
+    """A ``tcletd serve`` (with ``serve_args``; ``tcletd``: the command, by default the
+    installed script) for the resident runtime; its control socket's path."""
     sock = run_dir / "control.sock"
-    command = [*tcletd_command(), "serve", "--socket", str(sock)]
+    command = [*(tcletd or tcletd_command()), "serve", "--socket", str(sock), *serve_args]
     with background(command, ready_on_stderr=True) as line:
         if not line.startswith("tcletd: serving on"):
             raise RuntimeError(f"tcletd serve did not start: {line!r}")

@@ -1,7 +1,7 @@
 """The embedding API: :class:`Host` runs tclets; the CLI is a thin client of it.
 
 Host side of the trust boundary. A Host owns a private run directory (mode 0700) holding the
-``ipc://`` endpoint, the fork server its workers come from, the ROUTER they talk to, the broker
+``ipc://`` endpoint, the zygote its workers come from, the ROUTER they talk to, the broker
 that makes their sockets, and the audit log. Use it as an async context manager::
 
     async with Host(audit="audit.jsonl") as host:

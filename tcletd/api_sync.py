@@ -3,7 +3,7 @@
 
 Host side of the trust boundary, as :mod:`tcletd.api` (this is a facade over the same Host).
 Every call hands its work to the host's loop and waits for the answer, so the Host's objects are
-only ever touched from its own thread. Nothing here needs the main thread: the fork server is
+only ever touched from its own thread. Nothing here needs the main thread: the zygote is
 started with fork+exec, workers come from it (never forked from this multi-threaded process),
 their ends are watched with ``loop.add_reader`` on their sentinels (no SIGCHLD, no child
 watcher), and the Host installs no signal handler (``tcletd serve`` and ``tcletd run`` install
@@ -73,7 +73,7 @@ class BlockingHost:
         self.close()
 
     def start(self) -> None:
-        """Start the host's loop thread and the host on it (the fork server, the ROUTER, the
+        """Start the host's loop thread and the host on it (the zygote, the ROUTER, the
         watchdog); raises what :meth:`Host.start` raises."""
         with self._lock:
             if self._loop is not None:

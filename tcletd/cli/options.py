@@ -3,12 +3,14 @@
 Operator side. Each type checks one option's value when it is given and says what it expected
 (argparse prints it as a usage error, exit 2); what a check needs (the quantities parsers, the
 resolver's address parser, the origin check) is imported only then, so that a ``tcletd run
---host`` pays for none of it.
+--host`` pays for none of it. The help formatters are here too, for the same reason.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from tcletd.shared.errors import ConfigError
 
@@ -90,3 +92,48 @@ def check_origin(origin: str) -> None:
     problem = origin_problem(origin)
     if problem is not None:
         raise ConfigError(problem, key="--origin")
+
+
+# ---- help -------------------------------------------------------------------------------------
+
+
+def _columns() -> int:
+    """``shutil.get_terminal_size().columns``, as argparse's formatters take it, without shutil:
+    argparse makes a formatter for every argument it adds (to check its metavar), and the first
+    one imported shutil (bz2, lzma, fnmatch: 4-7 ms here) for a run that prints no help."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0 and sys.__stdout__ is not None:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (ValueError, OSError):  # closed, detached, or not a terminal
+            columns = 0
+    return columns if columns > 0 else 80
+
+
+class TopFormatter(argparse.HelpFormatter):
+    """argparse's own formatter, less the import of shutil."""
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        width = _columns() - 2 if width is None else width  # as argparse's own default
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+class HelpFormatter(TopFormatter, argparse.RawDescriptionHelpFormatter):
+    """A command's: its epilog laid out by hand (tables, examples), ``--limit``'s help read
+    from the registry when help is printed."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.help == LIMIT_HELP:
+            from tcletd.policy.quantities import limit_help
+
+            return limit_help()
+        return super()._get_help_string(action)

@@ -11,17 +11,18 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from collections.abc import Callable, Iterable
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tcletd import __version__
 from tcletd.cli.client import is_url, launch_fields, read_script, status_line, write_id
 from tcletd.shared.errors import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, TcletdError
-from tcletd.shared.states import signal_ending
 
+# Not typing.TYPE_CHECKING, and pathlib and the tclet states (dataclasses) imported where they
+# are used: a run starts its zygote only once this module is imported, and those took 20 ms of
+# that here (mypy takes any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Callable, Iterable
 
     from tcletd.host.tclet import Tclet
 
@@ -30,7 +31,9 @@ def _check_limits(policy: str | None, limits: list[str], policy_dir: str | None 
     """Fail fast (exit 2, naming the key) on a bad ``--limit``, before any tclet starts; the
     policy is looked up as the host will (``--policy-dir`` first)."""
     if limits:
-        from tcletd.api import DEFAULT_POLICY
+        from pathlib import Path
+
+        from tcletd.host.host import DEFAULT_POLICY
         from tcletd.policy import load_policy
 
         directory = None if policy_dir is None else Path(policy_dir)
@@ -39,6 +42,8 @@ def _check_limits(policy: str | None, limits: list[str], policy_dir: str | None 
 
 async def _take_signals(queue: asyncio.Queue[int], tclet: Tclet, show: Callable[[], None]) -> None:
     """The loop's side of the signal handlers: act on each signal in order."""
+    from tcletd.shared.states import signal_ending
+
     while True:
         signum = await queue.get()
         if signum == signal.SIGUSR1:
@@ -63,16 +68,17 @@ def run(args: argparse.Namespace) -> int:
     """Run one tclet; the exit status is the tclet's, or the host's status for how it ended it."""
     url = args.script if is_url(args.script) else None
     script, script_name = ("", args.script) if url else read_script(args.script)
-    from tcletd.host import forkserver
+    from tcletd.host import factory
 
-    # First, so that the fork server's own start-up overlaps the host's imports below (asyncio
-    # and the policy engine included: this module imports them late for that reason). A bad
-    # --limit still fails before any tclet starts; the fork server goes when we exit.
-    forkserver.start()
+    # First, so that the zygote's own start-up overlaps the host's imports below (asyncio and
+    # the policy engine included: this module imports them late for that reason). A bad
+    # --limit still fails before any tclet starts; the zygote goes when we exit.
+    factory.start()
     _check_limits(args.policy, args.limit, args.policy_dir)
     import asyncio
 
-    from tcletd.api import Host
+    # The host itself, not tcletd.api, whose BlockingHost (threads) a run does not use.
+    from tcletd.host.host import Host
     from tcletd.shared.launch import LaunchRequest
 
     asked = LaunchRequest(**launch_fields(args, script, script_name, url=url))
@@ -115,9 +121,15 @@ def run(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     """A resident host: clients run tclets on it (``tcletd run --host``) until SIGINT/SIGTERM."""
-    from tcletd.host import forkserver
+    import gc
+    from pathlib import Path
 
-    forkserver.start()
+    from tcletd.host import factory
+
+    if args.warm > factory.MAX_WARM:
+        print(f"tcletd serve: --warm: at most {factory.MAX_WARM}, not {args.warm}", file=sys.stderr)
+        return 2
+    factory.start(args.warm)
     import asyncio
 
     from tcletd.api import Host
@@ -136,6 +148,7 @@ def serve(args: argparse.Namespace) -> int:
             cgroups=_cgroups_wanted(),
             log_dir=args.log_dir,
             keep_ended=args.keep_ended,
+            warm=args.warm,
         )
         bounds = Bounds(
             max_connections=args.max_connections,
@@ -145,6 +158,11 @@ def serve(args: argparse.Namespace) -> int:
         control = ControlServer(host, Path(args.socket), bounds=bounds)
         async with host:
             await control.start()
+            # What the host has made by now lives as long as it does: out of the collector's
+            # sight, a full collection walks only what tclets and clients add (a host's loop
+            # otherwise stalls for every object its imports made, at each full pass).
+            gc.collect()
+            gc.freeze()
             loop = asyncio.get_running_loop()
             signals: asyncio.Queue[int] = asyncio.Queue()
             # Signal handlers only enqueue; this loop takes them in order.

@@ -61,10 +61,14 @@ class AuditLog:
         return stop
 
     def record(self, event: str, **fields: Any) -> None:
-        entry = {"time": round(time.time(), 6), "event": event, **fields}
+        self.add({"time": round(time.time(), 6), "event": event, **fields})
+
+    def add(self, entry: dict[str, Any]) -> None:
+        """Write a record already built (``time`` and ``event`` first), as :meth:`record` does."""
         self.recent.append(entry)
-        for subscriber in list(self._subscribers):
-            subscriber(entry)
+        if self._subscribers:
+            for subscriber in list(self._subscribers):
+                subscriber(entry)
         if self._file is None:
             return
         try:
@@ -92,8 +96,17 @@ class TcletRecords:
         self._policy = policy  # the policy in force when the record is written
 
     def __call__(self, event: str, **fields: Any) -> None:
-        self._log.record(
-            event, tclet=self._tclet, origin=self._origin, policy=self._policy(), **fields
+        # The whole record in one dict (AuditLog.record would merge the fields twice more):
+        # a decision is written per request, on the grant's path.
+        self._log.add(
+            {
+                "time": round(time.time(), 6),
+                "event": event,
+                "tclet": self._tclet,
+                "origin": self._origin,
+                "policy": self._policy(),
+                **fields,
+            }
         )
 
     def decision(

@@ -14,12 +14,12 @@ closes it when the tclet closes the channel or ends.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import errno
 import ipaddress
 import os
-import select
 import socket
 import time
 from collections.abc import Coroutine, Generator
@@ -34,6 +34,12 @@ from tcletd.shared import protocol as p
 from tcletd.shared.errors import RequestError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# Remembered decisions on address literals (Broker.decide), for every tclet of a host together:
+# each holds a few hundred bytes, so the memory is bounded whatever words tclets send.
+LITERAL_DECISIONS = 1024
+_NONBLOCK: int = getattr(socket, "SOCK_NONBLOCK", 0)
+_STREAM_NONBLOCK = socket.SOCK_STREAM | _NONBLOCK
+_SOL_SOCKET, _SCM_RIGHTS = socket.SOL_SOCKET, socket.SCM_RIGHTS
 
 
 class Audit(Protocol):
@@ -78,7 +84,9 @@ class FdChannel:
 
     def hand_over(self, msg: p.Granted | p.Accepted, sock: socket.socket) -> None:
         """Send ``msg`` with ``sock``'s descriptor; OSError if the worker is not taking them."""
-        socket.send_fds(self._sock, [p.encode(msg)], [sock.fileno()])
+        # socket.send_fds, without its wrapper's frame and array building per call.
+        rights = array.array("i", (sock.fileno(),))
+        self._sock.sendmsg((p.encode(msg),), ((_SOL_SOCKET, _SCM_RIGHTS, rights),))
 
 
 class Broker:
@@ -90,6 +98,8 @@ class Broker:
         # getservbyname reads /etc/services through NSS and may block; one thread of its own,
         # never the loop's default executor, so a slow one delays only service-name requests.
         self._services = ThreadPoolExecutor(1, thread_name_prefix="tcletd-services")
+        # Decisions on address literals, by (action, host, port, policy, origin): see decide.
+        self._literal: dict[tuple[str, str, str, Policy, Origin], tuple[Decision, str]] = {}
 
     async def close(self) -> None:
         await self.resolver.close()
@@ -116,7 +126,21 @@ class Broker:
     ) -> Decision:
         """Canonicalise, look up if the policy needs it, and decide; every outcome is audited, a
         denial raised. An empty host is filled in by the action's rule (the origin for a
-        connect). A name is looked up only when :meth:`Policy.needs_addresses` says so."""
+        connect). A name is looked up only when :meth:`Policy.needs_addresses` says so.
+
+        The decision on an address literal with a numeric port is a pure function of the words,
+        the (immutable) policy and the origin, and is remembered (:data:`LITERAL_DECISIONS`
+        of them, forgotten all at once when full): a loop of connects to one address is
+        canonicalised and decided once, and every request is still audited and refused alike.
+        """
+        key = (action, host_text, port_text, policy, origin)
+        known = self._literal.get(key)
+        if known is not None:
+            decision, target = known
+            audit(decision, decision.reason, None)
+            if not decision.allowed:
+                raise RequestError(denied_message(target, port_text))
+            return decision
         spec = action_spec(action)
         host_text = spec.target_host(host_text, origin)
         try:
@@ -139,6 +163,10 @@ class Broker:
                 raise
             lookup_ms = (time.monotonic() - started) * 1000
         decision = policy.decide(action, host, port, origin, addresses or None)
+        if host.ip is not None and isinstance(port, int):
+            if len(self._literal) >= LITERAL_DECISIONS:
+                self._literal.clear()
+            self._literal[key] = (decision, host_text)
         audit(decision, decision.reason, lookup_ms)
         if not decision.allowed:
             raise RequestError(denied_message(host_text, port_text))
@@ -168,15 +196,18 @@ class Broker:
             family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
             if local is not None and ipaddress.ip_address(local[0]).version != address.version:
                 continue
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setblocking(False)
+            # Non-blocking from its creation: one system call fewer than setblocking(False).
+            sock = socket.socket(family, _STREAM_NONBLOCK)
+            if not _NONBLOCK:
+                sock.setblocking(False)
             try:
                 if local is not None:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     sock.bind(local)
-                code = sock.connect_ex((str(address), decision.port))
+                target = (str(address), decision.port)
+                code = sock.connect_ex(target)
                 if code == errno.EINPROGRESS and not req.asynchronous:
-                    code = await self._connected(sock)
+                    code = await self._connected(sock, target)
                 if code not in (0, errno.EINPROGRESS):
                     raise OSError(code, os.strerror(code))
             except OSError as exc:
@@ -188,21 +219,25 @@ class Broker:
             last = OSError(errno.EADDRNOTAVAIL, "no usable address")
         raise os_error(last)
 
-    async def _connected(self, sock: socket.socket) -> int:
+    async def _connected(self, sock: socket.socket, target: tuple[str, int]) -> int:
         """Wait for a non-blocking connect to finish; its errno (0 when connected).
 
         A loopback connect has usually finished by the time connect() returns, so look before
-        paying for a turn of the event loop.
+        paying for a turn of the event loop, with a second connect(): one system call that says
+        connected (0, or EISCONN), still in progress (EALREADY) or how it failed (the error,
+        consumed as SO_ERROR would be), where poll() plus SO_ERROR took two and a poll object.
         """
-        poller = select.poll()
-        poller.register(sock, select.POLLOUT)
-        if not poller.poll(0):
-            ready: asyncio.Future[None] = self._loop.create_future()
-            self._loop.add_writer(sock, _resolve, ready)
-            try:
-                await ready
-            finally:
-                self._loop.remove_writer(sock)
+        code = sock.connect_ex(target)
+        if code in (0, errno.EISCONN):
+            return 0
+        if code != errno.EALREADY:
+            return code
+        ready: asyncio.Future[None] = self._loop.create_future()
+        self._loop.add_writer(sock, _resolve, ready)
+        try:
+            await ready
+        finally:
+            self._loop.remove_writer(sock)
         return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
 
     # ---- listen -----------------------------------------------------------------------------

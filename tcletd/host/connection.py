@@ -39,6 +39,10 @@ from tcletd.shared.states import EXIT_TERMINATED
 
 log = logging.getLogger(__name__)
 
+# Seconds of frames one connection's turn handles before the next turn takes the rest: a
+# launch costs the host ~0.3-0.5 ms, so a client's burst of launches stalls the loop for about
+# one launch at a time, interleaved with the running tclets' requests.
+TURN_BUDGET = 0.0005
 # Output frames queued for a client before the host stops reading its tclet's output.
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
@@ -164,13 +168,17 @@ class ControlConnection(asyncio.Protocol):
     # ---- requests -----------------------------------------------------------------------------
 
     def _work(self) -> None:
-        """Handle up to ``per_turn`` buffered frames; more wait for the next loop turn, with this
-        connection's reading paused, so that one client's flood delays nobody else."""
+        """Handle up to ``per_turn`` buffered frames, or TURN_BUDGET of them; more wait for the
+        next loop turn, with this connection's reading paused, so that one client's flood delays
+        nobody else."""
         self._turn = None
         transport = self._transport
         if transport is None or self.closing:
             return
+        began, more = time.perf_counter(), True
         for _ in range(self.bounds.per_turn):
+            if time.perf_counter() - began > TURN_BUDGET:
+                break  # the rest on the next turn, after everyone else's (a burst of launches)
             if self._write_paused and self.tclet is None:
                 self._pause(transport)  # resume_writing takes it up again
                 return
@@ -180,6 +188,7 @@ class ControlConnection(asyncio.Protocol):
             try:
                 frame = self._reader.next()
                 if frame is None:
+                    more = False
                     break
                 self._take(*frame)
             except Exception as exc:  # the host goes on; the client learns it failed
@@ -187,7 +196,7 @@ class ControlConnection(asyncio.Protocol):
                 return
             self.since = time.monotonic()
             self.frame_since = self.since if self._reader.partial else None
-        else:
+        if more:
             self._pause(transport)
             # The frames left wait on the host, not on the client: a burst the host is slow to
             # take (a thousand launches) must not run out the client's frame deadline.

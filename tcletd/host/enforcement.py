@@ -12,6 +12,7 @@ the :class:`tcletd.host.tclet.Tclet`'s: the Enforcer asks for it.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from typing import TYPE_CHECKING
@@ -28,7 +29,7 @@ from tcletd.host.watchdog import (
     breach_from_death,
     check_limits,
 )
-from tcletd.policy.quantities import SETTINGS
+from tcletd.policy.quantities import SETTINGS, Limits
 from tcletd.shared import protocol as p
 from tcletd.shared.states import EXIT_KILLED
 
@@ -44,11 +45,46 @@ class Enforcer:
         self._tclet = tclet
         self._audit = audit
         self.demoted = False  # its worker is in the idle class (a hog, or its origin's penalty)
+        self.moving = False  # its CPU time moved between the last two looks
         self._meter: Meter | None = None  # from the worker's launch on
+        self._wall: asyncio.TimerHandle | None = None
+        self._limits: Limits | None = None  # the limits ``_caps`` were read from
+        self._caps = (math.inf, math.inf, math.inf)  # cpu, memory, wall (inf: none)
 
     def attach(self, pid: int) -> None:
-        """Measure the launched worker."""
+        """Measure the launched worker; a look falls due when its wall limit does (a resting
+        tclet's sweep look comes only once per SWEEP)."""
         self._meter = Meter(pid)
+        self._arm_wall()
+
+    def detach(self) -> None:
+        """The tclet is released: no more looks of its own."""
+        if self._wall is not None:
+            self._wall.cancel()
+            self._wall = None
+
+    def _arm_wall(self) -> None:
+        tclet = self._tclet
+        wall = tclet.policy.limits.wall
+        if not wall or math.isinf(wall):
+            return
+        delay = tclet.launched_at + wall - time.monotonic()
+        if delay > 0:
+            self._wall = tclet.services.loop.call_later(delay, self._wall_due)
+
+    def _wall_due(self) -> None:
+        self._wall = None
+        tclet = self._tclet
+        if tclet.ending is None and tclet.services.tclets.get(tclet.id) is tclet:
+            tclet.check(time.monotonic())
+            if tclet.ending is None:
+                self._arm_wall()  # a granted policy moved the limit on
+
+    def woke(self) -> None:
+        """The worker's loop woke from a rest: its hog window starts now (samples from before the
+        rest would dilute a spinner's share)."""
+        if self._meter is not None:
+            self._meter.restart()
 
     def script_started(self) -> None:
         """The worker's hello: its hog window starts with the script, not with its own start-up
@@ -64,21 +100,36 @@ class Enforcer:
 
     # ---- the watchdog's look ------------------------------------------------------------------
 
-    def check(self, now: float) -> bool:
-        """One look: count bytes, byte quotas, measure, limits, hog. False when there is no
-        worker to look at yet or a limit ends the tclet (then nothing more is worth a look)."""
+    def check(self, now: float, *, sweep: bool = False) -> bool:
+        """One look: count bytes, byte quotas, measure, limits, hog (not on a ``sweep``: one
+        /proc read, no hog window). False when there is no worker to look at yet or a limit ends
+        the tclet (then nothing more is worth a look)."""
         if self._meter is None:
             return False
         tclet = self._tclet
         tclet.quotas.poll()
         self._enforce_byte_quotas()
-        usage = self._meter.measure()
-        found = check_limits(tclet.policy.limits, usage, now - tclet.launched_at)
-        if found is not None:
-            self._breached(found)
-            tclet.end_soon(found.reason, found.status)
-            return False
-        self._demote_if_hog(now)
+        cpu = self._meter.usage.cpu
+        usage = self._meter.measure(light=sweep)
+        self.moving = usage.cpu != cpu
+        limits = tclet.policy.limits
+        if limits is not self._limits:  # a granted policy brings its own (read once: a Limits
+            self._limits = limits  # attribute costs a microsecond, this the host's hot path)
+            self._caps = (
+                limits.cpu or math.inf,
+                limits.memory or math.inf,
+                limits.wall or math.inf,
+            )
+        max_cpu, max_rss, max_age = self._caps
+        age = now - tclet.launched_at
+        if usage.cpu >= max_cpu or usage.rss >= max_rss or age >= max_age:
+            found = check_limits(limits, usage, age)
+            if found is not None:
+                self._breached(found)
+                tclet.end_soon(found.reason, found.status)
+                return False
+        if not sweep:
+            self._demote_if_hog(now)
         return True
 
     def _enforce_byte_quotas(self) -> None:

@@ -1,4 +1,4 @@
-"""The host: a private run directory, a fork server, the ROUTER its workers talk to, the broker
+"""The host: a private run directory, a zygote, the ROUTER its workers talk to, the broker
 that makes their sockets, the watchdog and the audit log, and the tclets it runs.
 
 Host side of the trust boundary. Embedders reach it through :mod:`tcletd.api`; the resident
@@ -23,7 +23,7 @@ import msgspec
 from tcletd.host.audit import AuditLog, TcletRecords
 from tcletd.host.broker import Broker
 from tcletd.host.cgroups import Cgroups
-from tcletd.host.fetch import fetch_script
+from tcletd.host.factory import MAX_WARM
 from tcletd.host.hub import Hub
 from tcletd.host.ids import TcletIds
 from tcletd.host.outputlog import DEFAULT_KEEP, OutputLog
@@ -90,6 +90,7 @@ class Host(TcletVerbs):
         keep_ended: int = DEFAULT_KEEP_ENDED,
         keep_output: int = DEFAULT_KEEP,
         log_dir: str | Path | None = None,
+        warm: int = 0,
     ) -> None:
         """``grace``: seconds between SIGTERM and SIGKILL when the host ends a worker;
         ``penalty``: seconds a site whose tclet was ended at a limit stays in the penalty box,
@@ -102,9 +103,13 @@ class Host(TcletVerbs):
         ``keep_ended``: how many ended tclets :meth:`list` and :meth:`logs` still know;
         ``keep_output``: bytes of each tclet's output kept for :meth:`logs` (the oldest go
         first); ``log_dir``: a directory where each tclet's output is also written, to
-        ``ID.log`` (up to 16 MiB each)."""
+        ``ID.log`` (up to 16 MiB each); ``warm``: workers kept forked ahead, each in its own
+        network namespace, that become tclets on demand (0: each launch forks one)."""
         if not penalty >= 0:
             raise ValueError(f"Host(penalty=...): seconds must be 0 or more, not {penalty!r}")
+        if not 0 <= warm <= MAX_WARM:
+            raise ValueError(f"Host(warm=...): workers must be 0 to {MAX_WARM}, not {warm!r}")
+        self._warm = warm
         self._penalty = penalty
         self._nameservers = nameservers_from(nameservers)
         self._cgroups = cgroups
@@ -142,12 +147,12 @@ class Host(TcletVerbs):
         await self.close()
 
     def start(self) -> None:
-        """Start the fork server, then the ROUTER: forks must precede any ZeroMQ context."""
+        """Start the host: its zygote (taken, if one was started early), ROUTER and watchdog."""
         loop = asyncio.get_running_loop()
         master: MasterConfig = load_master(self._master_path)
         groups = Cgroups.open() if self._cgroups else Cgroups(reason="turned off (cgroups=False)")
-        supervisor = Supervisor(grace=self._grace, cgroups=groups)
-        supervisor.start()
+        supervisor = Supervisor(grace=self._grace, cgroups=groups, warm=self._warm)
+        supervisor.start(loop)
         reclaim()  # what hosts killed before they could close left behind
         self._run_dir = RunDir()
         hub = Hub(f"ipc://{self._run_dir.path}/hub", loop)
@@ -276,6 +281,10 @@ class Host(TcletVerbs):
         final URL unless the request gave one; any other request as it is."""
         if request.url is None:
             return request
+        # Here, not at the top: http.client, ssl and email cost an embedded run that names no URL
+        # 8-15 ms of its start.
+        from tcletd.host.fetch import fetch_script
+
         fetched = await fetch_script(request.url)
         return msgspec.structs.replace(
             request,

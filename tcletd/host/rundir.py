@@ -1,12 +1,12 @@
 """Run directories in the temporary directory: made locked, reclaimed once their owner is dead.
 
 Host side of the trust boundary. A host process keeps its private files (the ZeroMQ ``ipc://``
-endpoint, the fork server's listener) in ``tcletd-*`` directories, and holds an ``flock`` on each
-one's ``lock`` file for its life: the kernel drops the lock when the process dies, however it
-dies. ``kill -9`` used to leave every such directory behind (and multiprocess's own ``pymp-*``
-ones: 150 of them in this machine's /tmp); now each new host removes those whose lock it can
-take. Only directories of this user's, never through a symlink; the lock file appears (under its
-final name) already locked, so a live host's directory is never taken for a dead one's.
+endpoint) in a ``tcletd-*`` directory, and holds an ``flock`` on its ``lock`` file for its life:
+the kernel drops the lock when the process dies, however it dies. ``kill -9`` used to leave every
+such directory behind (150 of them in this machine's /tmp once); now each new host removes those
+whose lock it can take. Only directories of this user's, never through a symlink; the lock file
+appears (under its final name) already locked, so a live host's directory is never taken for a
+dead one's.
 """
 
 from __future__ import annotations

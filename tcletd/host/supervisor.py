@@ -1,11 +1,12 @@
-"""Worker processes: the fork server, launching one worker per tclet, and ending them.
+"""Worker processes: launching one worker per tclet from the zygote, and ending them.
 
-Host side of the trust boundary. Workers come from a ``multiprocess`` fork server started before
-the host creates any ZeroMQ context, with the worker's modules, tkinter and pyzmq preloaded. Only
-start arguments travel host to worker through multiprocess (a msgpack-encoded
-:class:`~tcletd.shared.protocol.WorkerSpec` and socket objects); nothing ever comes back that way,
-because multiprocess would unpickle it. The host watches each worker's sentinel; the fork server's
-children are not the host's children, so there is no SIGCHLD or waitpid to rely on.
+Host side of the trust boundary. Workers are forked by the zygote (:mod:`tcletd.host.factory`,
+:mod:`tcletd.worker.zygote`), which has imported and prepared everything a worker shares. Only
+start arguments travel host to worker (a msgpack-encoded
+:class:`~tcletd.shared.protocol.WorkerSpec` in a memfd, and the worker's socketpair ends);
+nothing comes back that way. A launch never waits for the fork: it makes the worker's
+socketpairs and cgroup, sends the Spawn and returns; the worker's pid and pidfd arrive when the
+zygote answers (:attr:`WorkerProcess.started`), its exit status when the zygote reaps it.
 """
 
 from __future__ import annotations
@@ -17,16 +18,18 @@ import os
 import resource
 import signal
 import socket
-from dataclasses import dataclass, field
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
 
 import msgspec
 
-from tcletd.host import forkserver
+from tcletd.host import factory
 from tcletd.host.cgroups import Cgroups, WorkerCgroup
 from tcletd.host.quotas import HostFull
 from tcletd.shared import protocol as p
-from tcletd.shared.errors import EXIT_UNAVAILABLE, TcletdError
+from tcletd.shared.errors import EXIT_TEMPFAIL
+from tcletd.shared.states import EXIT_KILLED
 
 _IDLE = os.sched_param(0)
 
@@ -53,48 +56,47 @@ def _out_of_descriptors(exc: OSError) -> Exception:
     )
 
 
-class CgroupRefused(TcletdError):
-    """The host runs workers in cgroups and could not make one for this worker."""
-
-    exit_status = EXIT_UNAVAILABLE
-
-
 @dataclass
 class WorkerProcess:
     """One launched worker and the host's ends of its socketpairs."""
 
     tclet_id: str
-    process: Any
     fdsock: socket.socket
     stdout: socket.socket
     stderr: socket.socket
-    exited: asyncio.Future[int] = field(default_factory=asyncio.Future)
+    started: asyncio.Future[bool]
+    """True once the zygote forked the worker (pid and pidfd known), False if it could not."""
+    exited: asyncio.Future[int]
     idle: bool = False  # every thread is in SCHED_IDLE (demoted, or started so)
     cgroup: WorkerCgroup | None = None  # None where the host has no cgroups
     oom_kills: int = 0  # the kernel's OOM kills at its cgroup's memory limit, read at its exit
     memory_peak: int = 0  # the most memory its cgroup was charged, read at its exit
-
-    def __post_init__(self) -> None:
-        # Kept: the process object is closed when the host forgets the worker, and an ended
-        # tclet still shows its pid (tcletd ps --all).
-        self._pid = int(self.process.pid)
-
-    @property
-    def pid(self) -> int:
-        return self._pid
+    pid: int | None = None  # None until started; kept after the exit (tcletd ps --all)
+    pidfd: int = -1  # the host's handle on the process, valid while it is not forgotten
+    exitcode: int | None = None  # as the zygote reaped it: -N for a death by signal N
+    failure: str | None = None  # why the zygote could not fork it
+    doomed: int = 0  # a signal sent before the fork, delivered at once when it comes
 
     def status(self) -> int | None:
         """The exit status, shell style: 128+N for a death by signal N, None while running."""
-        code = self.process.exitcode
+        code = self.exitcode
         if code is None:
             return None
-        return 128 - int(code) if code < 0 else int(code)
+        return 128 - code if code < 0 else code
+
+    def alive(self) -> bool:
+        """Forked, not yet reaped."""
+        return self.pidfd >= 0 and self.exitcode is None
 
     def signal(self, signum: int) -> None:
-        # Not once reaped: its pid may be another process's by now.
-        if not self.exited.done() and self.process.exitcode is None:
+        if not self.started.done():
+            # SIGKILL outranks TERM: a kill decided while the fork is on its way is not lost.
+            self.doomed = signal.SIGKILL if signal.SIGKILL in (signum, self.doomed) else signum
+            return
+        # Through the pidfd: never another process that was given the pid after this one.
+        if self.alive():
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signum)
+                signal.pidfd_send_signal(self.pidfd, signum)
 
     def demote(self) -> bool:
         """Put every thread of the worker in ``SCHED_IDLE`` for good; False if it is gone.
@@ -106,7 +108,9 @@ class WorkerProcess:
         218 us beside a nice-19 one (118 us alone); beside the hostile set, 265 vs 411 us
         (124 us alone).
         """
-        if self.cgroup is not None and self.process.exitcode is None:
+        if not self.alive() or self.pid is None:
+            return False
+        if self.cgroup is not None:
             self.cgroup.demote()
         if self.idle:
             return True  # started demoted: its threads inherited the class from the first one
@@ -126,30 +130,39 @@ class WorkerProcess:
     def close_sockets(self) -> None:
         for sock in (self.fdsock, self.stdout, self.stderr):
             sock.close()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
 
 
 class Supervisor:
-    """Launches workers from the fork server and ends them, TERM then KILL."""
+    """Launches workers from the zygote and ends them, TERM then KILL."""
 
-    def __init__(self, grace: float = 1.0, cgroups: Cgroups | None = None) -> None:
-        """``cgroups``: the host's, active or not (None: none)."""
+    def __init__(
+        self, grace: float = 1.0, cgroups: Cgroups | None = None, *, warm: int = 0
+    ) -> None:
+        """``cgroups``: the host's, active or not (None: none); ``warm``: the zygote's warm
+        pool (workers forked ahead)."""
         self.grace = grace
+        self.warm = warm
         self.cgroups = cgroups if cgroups is not None else Cgroups(reason="not asked for")
-        self._ctx = forkserver.context()
         self.workers: dict[str, WorkerProcess] = {}
+        self._zygote: factory.Zygote | None = None
+        self._placer = ThreadPoolExecutor(1, thread_name_prefix="tcletd-cgroups")
 
-    def start(self) -> None:
-        """Start the fork server; call this before any ZeroMQ context exists in the host."""
-        forkserver.start()
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Take the zygote (started early by :func:`tcletd.host.factory.start`, or now)."""
+        self._zygote = factory.take(self.warm)
+        self._zygote.attach(loop)
 
     def launch(
         self, spec: p.WorkerSpec, loop: asyncio.AbstractEventLoop, *, demoted: bool = False
     ) -> WorkerProcess:
-        """Start a worker; a ``demoted`` one puts itself in the idle class before its threads."""
-        from tcletd.worker import main as worker_main
-
+        """Start a worker; a ``demoted`` one puts itself in the idle class before its threads.
+        Returns before the fork: ``started`` says when (and whether) it happened."""
         if demoted:
             spec = msgspec.structs.replace(spec, demoted=True)
+        zygote = self._zygote_for(loop)
         # The descriptors first: a host out of them is told so, not that a cgroup failed.
         try:
             host_fd, worker_fd = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -157,73 +170,114 @@ class Supervisor:
             host_err, worker_err = _pair_or_close(host_fd, worker_fd, host_out, worker_out)
         except OSError as exc:
             raise _out_of_descriptors(exc) from None
-        pairs = (host_fd, worker_fd, host_out, worker_out, host_err, worker_err)
-        cgroup = None
-        if self.cgroups.active:
-            try:
-                cgroup = self.cgroups.create(spec.tclet_id, spec.memory, demoted=demoted)
-            except OSError as exc:
-                for sock in pairs:
-                    sock.close()
-                raise CgroupRefused(f"cannot make the worker's cgroup: {exc}") from None
-        try:
-            process = self._ctx.Process(
-                target=worker_main.run,
-                # The worker enters its cgroup first thing (tcletd.worker.main.run).
-                args=(
-                    p.encode(spec),
-                    worker_fd,
-                    worker_out,
-                    worker_err,
-                    cgroup.procs if cgroup is not None else [],
-                ),
-                name=f"tclet-{spec.tclet_id}",
-                daemon=False,
-            )
-            with forkserver.no_main_module():
-                process.start()
-        except BaseException as exc:
-            for sock in (host_fd, host_out, host_err):
-                sock.close()
-            if cgroup is not None:
-                self.cgroups.release(cgroup)
-            if isinstance(exc, OSError):
-                raise _out_of_descriptors(exc) from None
-            raise
-        finally:
-            for sock in (worker_fd, worker_out, worker_err):
-                sock.close()
-        for sock in (host_fd, host_out, host_err):
-            sock.setblocking(False)
         worker = WorkerProcess(
             spec.tclet_id,
-            process,
             host_fd,
             host_out,
             host_err,
             loop.create_future(),
+            loop.create_future(),
             demoted,
-            cgroup,
         )
+        for sock in (host_fd, host_out, host_err):
+            sock.setblocking(False)
         self.workers[spec.tclet_id] = worker
-        loop.add_reader(process.sentinel, self._on_sentinel, worker, loop)
+        theirs = [sock.detach() for sock in (worker_fd, worker_out, worker_err)]
+        encoded = p.encode(spec)
+        if not self.cgroups.active:
+            self._spawn(worker, zygote, encoded, theirs)
+            return worker
+        # Made on a thread: three mkdirs and their limits cost the kernel ~0.5 ms, which the
+        # loop would otherwise stall for at each launch of a burst. One thread, so in order.
+        made = loop.run_in_executor(
+            self._placer, partial(self.cgroups.create, demoted=demoted), spec.tclet_id, spec.memory
+        )
+        made.add_done_callback(lambda done: self._placed(worker, zygote, encoded, theirs, done))
         return worker
 
-    def _on_sentinel(self, worker: WorkerProcess, loop: asyncio.AbstractEventLoop) -> None:
-        loop.remove_reader(worker.process.sentinel)
-        worker.process.join(0)
-        status = worker.status()
+    def _placed(
+        self,
+        worker: WorkerProcess,
+        zygote: factory.Zygote,
+        spec: bytes,
+        theirs: list[int],
+        made: asyncio.Future[WorkerCgroup],
+    ) -> None:
+        exc = made.exception()
+        if exc is not None:
+            for fd in theirs:
+                os.close(fd)
+            self._failed(worker, f"cannot make its cgroup: {exc}")
+            return
+        worker.cgroup = made.result()
+        if worker.tclet_id not in self.workers:  # forgotten meanwhile
+            for fd in theirs:
+                os.close(fd)
+            self._failed(worker, "forgotten before its start")
+            return
+        self._spawn(worker, zygote, spec, theirs)
+
+    def _spawn(
+        self, worker: WorkerProcess, zygote: factory.Zygote, spec: bytes, theirs: list[int]
+    ) -> None:
+        try:
+            zygote.spawn(
+                spec,
+                worker.cgroup.procs if worker.cgroup is not None else [],
+                theirs,
+                lambda pid, pidfd: self._spawned(worker, pid, pidfd),
+                lambda why: self._failed(worker, why),
+                lambda code: self._exited(worker, code),
+            )
+        except OSError as exc:  # the spec's memfd: the host is out of descriptors
+            self._failed(worker, str(_out_of_descriptors(exc)))
+
+    def _zygote_for(self, loop: asyncio.AbstractEventLoop) -> factory.Zygote:
+        """The zygote, a new one if the last was lost (its workers were lost with it)."""
+        if self._zygote is None or self._zygote.lost is not None:
+            self._zygote = factory.take(self.warm)
+            self._zygote.attach(loop)
+        return self._zygote
+
+    def _spawned(self, worker: WorkerProcess, pid: int, pidfd: int) -> None:
+        worker.pid, worker.pidfd = pid, pidfd
+        if worker.tclet_id not in self.workers:  # forgotten meanwhile: it has no tclet
+            os.close(pidfd)
+            worker.pidfd = -1
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # not reaped yet: the pid is still this process
+        if not worker.started.done():
+            worker.started.set_result(True)
+        if worker.doomed:
+            worker.signal(worker.doomed)
+
+    def _failed(self, worker: WorkerProcess, why: str) -> None:
+        worker.failure = why
+        self._release(worker)
+        if not worker.started.done():
+            worker.started.set_result(False)
+        if not worker.exited.done():
+            worker.exited.set_result(EXIT_TEMPFAIL)
+
+    def _exited(self, worker: WorkerProcess, exitcode: int) -> None:
+        worker.exitcode = exitcode
         if worker.cgroup is not None:
             # Read before the cgroup goes: the death's attribution (a memory-limit OOM kill).
             worker.oom_kills = worker.cgroup.oom_kills()
             worker.memory_peak = worker.cgroup.peak()
-            self.cgroups.release(worker.cgroup)
+        self._release(worker)
         if not worker.exited.done():
-            worker.exited.set_result(255 if status is None else status)
+            status = worker.status()
+            worker.exited.set_result(EXIT_KILLED if status is None else status)
+
+    def _release(self, worker: WorkerProcess) -> None:
+        if worker.cgroup is not None:
+            self.cgroups.release(worker.cgroup)
 
     async def end(self, worker: WorkerProcess, grace: float | None = None) -> int:
         """Stop a worker: SIGTERM, then SIGKILL if it is still there after the grace period."""
         if not worker.exited.done():
+            await asyncio.shield(worker.started)  # a worker being forked is ended once it is
             worker.signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(
@@ -236,20 +290,22 @@ class Supervisor:
     def forget(self, worker: WorkerProcess) -> None:
         self.workers.pop(worker.tclet_id, None)
         worker.close_sockets()
-        if worker.cgroup is not None and worker.process.exitcode is not None:
+        if worker.cgroup is not None and worker.exitcode is not None:
             self.cgroups.release(worker.cgroup)
-        with contextlib.suppress(Exception):
-            worker.process.close()
 
     async def shutdown(self) -> None:
         await asyncio.gather(*(self.end(w) for w in list(self.workers.values())))
         for worker in list(self.workers.values()):
             self.forget(worker)
+        if self._zygote is not None:
+            await self._zygote.close()
+            self._zygote = None
+        self._placer.shutdown(wait=True)  # a cgroup still being made is made, then released
         self.cgroups.close()
 
     def follow_memory(self, worker: WorkerProcess, memory: int) -> bool:
         """A granted policy's memory limit moves the worker's cgroup limit with it; False if
         the kernel refused (the old limit stays; the host's RSS poll holds the new one)."""
-        if worker.cgroup is None or worker.process.exitcode is not None:
+        if worker.cgroup is None or not worker.alive():
             return False
         return worker.cgroup.set_memory(memory)

@@ -41,6 +41,7 @@ from tcletd.host.watchdog import PenaltyBox
 from tcletd.policy import Origin, Policy
 from tcletd.policy.master import MasterConfig
 from tcletd.shared import protocol as p
+from tcletd.shared.errors import EXIT_TEMPFAIL
 from tcletd.shared.states import BUSY_AFTER, EXIT_KILLED, EXIT_TERMINATED, TcletResult, TcletState
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ _S = TcletState
 # The states that may follow each state. The host's own moves: BUSY when heartbeats stop, ENDING
 # when it decides the end, ENDED when the worker is gone (from any state: a worker may exit by
 # itself, even before its hello). The worker's: its hello (SCRIPT), and SCRIPT or IDLE from its
-# heartbeats while it lives, taken as said (they are for display; limits come from measures).
+# heartbeats while it lives, taken as said (they are for display; limits come from measures);
+# a heartbeat saying it rests stops the BUSY clock until the next one.
 # A move outside the table is a host bug: logged and refused, never raised into the loop.
 TRANSITIONS: Mapping[TcletState, frozenset[TcletState]] = {
     _S.STARTING: frozenset({_S.SCRIPT, _S.ENDING, _S.ENDED}),
@@ -136,6 +138,7 @@ class Tclet:
         self.launched_at = time.monotonic()
         self._last_beat = self.launched_at
         self._commands = 0  # the worker's last reported ``info cmdcount``
+        self._waiting = False  # the worker said it rests in its event loop (no beats meanwhile)
         self.worker: WorkerProcess | None = None  # None until launched
         self._tasks: set[asyncio.Task[None]] = set()
         self._finished: asyncio.Task[TcletResult] | None = None
@@ -157,17 +160,38 @@ class Tclet:
         except BaseException:
             services.hub.unregister(self.id)
             raise
-        # The wall clock runs from the worker's start (the first launch waits for the fork server).
+        # The age and the wall clock run from here, though the fork comes later (the first
+        # launch of a host also waits for its zygote's start).
         self.launched_at = self._last_beat = time.monotonic()
         services.totals.workers += 1
         services.tclets[self.id] = self
-        self.enforcer.attach(self.worker.pid)
         self.sockets.attach(self.worker.fdsock)
-        self.output.start(self.worker.stdout, self.worker.stderr)
-        self._audit("launch", pid=self.worker.pid, script=self.spec.script_name, **audit)
+        self.worker.started.add_done_callback(lambda _: self._started(boxed, audit))
+        self._finished = services.loop.create_task(self._finish(), name=f"tclet-{self.id[:8]}")
+
+    def when_started(self, then: Callable[[int | None], object]) -> None:
+        """Call ``then`` with the worker's pid once the zygote forked it (None if it could not),
+        before any of its output is read."""
+        worker = self.worker
+        assert worker is not None, "launch() first"
+        worker.started.add_done_callback(lambda _: then(worker.pid))
+
+    def _started(self, boxed: float, audit: dict[str, object]) -> None:
+        """The zygote forked the worker (or could not): measures, output and the launch record
+        start from here. Its output is read only from here on, so that whoever waits on
+        ``worker.started`` (a client's ``started`` frame) hears of it before any output."""
+        worker = self.worker
+        assert worker is not None
+        self._last_beat = time.monotonic()
+        self._audit("launch", pid=worker.pid, script=self.spec.script_name, **audit)
+        if worker.failure is not None:
+            self._decide(Ending(f"cannot start its worker: {worker.failure}", EXIT_TEMPFAIL))
+            return
+        assert worker.pid is not None
+        self.enforcer.attach(worker.pid)
+        self.output.start(worker.stdout, worker.stderr)
         if boxed:
             self.enforcer.demote(origin_penalty=round(boxed, 1))
-        self._finished = services.loop.create_task(self._finish(), name=f"tclet-{self.id[:8]}")
 
     async def wait(self) -> TcletResult:
         """The tclet's result, once its worker has ended and the host has released it."""
@@ -203,7 +227,7 @@ class Tclet:
         self.services.hub.drain()
         assert self.worker is not None
         # Exited by itself with 137 (not SIGKILLed): the status a worker gives after a LimitHit.
-        waiting = status == EXIT_KILLED and self.worker.process.exitcode == EXIT_KILLED
+        waiting = status == EXIT_KILLED and self.worker.exitcode == EXIT_KILLED
         for _ in range(20):
             if not waiting or self.ending is not None:
                 return
@@ -264,6 +288,7 @@ class Tclet:
         if services.tclets.pop(self.id, None) is not None:
             services.totals.workers -= 1
         services.hub.unregister(self.id)
+        self.enforcer.detach()
         self.sockets.release()
         self.quotas.free_all()
         for task in self._tasks:
@@ -301,14 +326,23 @@ class Tclet:
         if self.ending is None and self.state is not TcletState.ENDED:
             self._move(state)
 
-    def check(self, now: float) -> None:
+    @property
+    def active(self) -> bool:
+        """Worth the watchdog's close look every tick: its worker does not rest, or (whatever it
+        said) its CPU time moved at the last look; never once its end is decided."""
+        return self.ending is None and (not self._waiting or self.enforcer.moving)
+
+    def check(self, now: float, *, sweep: bool = False) -> None:
         """One watchdog look: the Enforcer's steps (count bytes, byte quotas, measure, limits,
-        hog), then liveness; nothing once the tclet's end is decided."""
-        if self.ending is None and self.enforcer.check(now):
+        hog), then liveness; nothing once the tclet's end is decided. ``sweep``: the light
+        look every tclet gets once per SWEEP (no hog window)."""
+        if self.ending is None and self.enforcer.check(now, sweep=sweep):
             self._update_liveness(now)
 
     def _update_liveness(self, now: float) -> None:
-        live = self.state in (TcletState.SCRIPT, TcletState.IDLE)
+        # A resting worker sends nothing until its loop wakes, and says so first: its silence
+        # is not a busy one.
+        live = self.state in (TcletState.SCRIPT, TcletState.IDLE) and not self._waiting
         if live and now - self._last_beat > BUSY_AFTER:
             self._move(TcletState.BUSY)
 
@@ -342,6 +376,7 @@ class Tclet:
             self._heartbeat(msg)
         elif isinstance(msg, p.Hello):
             self._last_beat = time.monotonic()
+            self._waiting = False
             self.enforcer.script_started()
             self._report(TcletState.SCRIPT)
         elif isinstance(msg, p.LimitHit):
@@ -355,4 +390,7 @@ class Tclet:
             return
         self._last_beat = time.monotonic()
         self._commands = msg.commands
+        woke, self._waiting = self._waiting and not msg.waiting, msg.waiting
+        if woke:
+            self.enforcer.woke()
         self._report(TcletState(msg.state))

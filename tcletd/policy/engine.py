@@ -219,7 +219,10 @@ class Policy:
         return tuple(sorted(sec.allow.rules + sec.disallow.rules, key=lambda r: r.order))
 
     def with_overrides(self, *overrides: str) -> Policy:
-        """A new policy with ``NAME=VALUE`` quota/limit overrides applied (``cpu=5s``)."""
+        """A new policy with ``NAME=VALUE`` quota/limit overrides applied (``cpu=5s``); this
+        one when there are none (policies are immutable, and compiling one costs ~0.5 ms)."""
+        if not overrides:
+            return self
         quotas, limits = self.quotas, self.limits
         for text in overrides:
             quotas, limits = parse_limit_override(text, quotas, limits)

@@ -29,7 +29,7 @@ FD_MESSAGE_MAX = 4096
 
 
 class WorkerSpec(msgspec.Struct, frozen=True):
-    """Start arguments, host to worker, carried once through the fork server."""
+    """Start arguments, host to worker, carried once through the zygote."""
 
     tclet_id: str
     token: str
@@ -100,10 +100,12 @@ class RequestPolicy(msgspec.Struct, tag=True, frozen=True):
 class Heartbeat(msgspec.Struct, tag=True, frozen=True):
     """Stamped from the worker's Tcl event loop (never from a thread), so a tclet that does not
     return to its event loop stops stamping. ``state`` is a :class:`tcletd.shared.states.TcletState`
-    name; ``commands`` is the tclet's ``info cmdcount``."""
+    name; ``commands`` is the tclet's ``info cmdcount``. ``waiting``: the tclet rests in its event
+    loop; no beat follows until the loop wakes, and the first one after says so (``False``)."""
 
     state: Short
     commands: Annotated[int, msgspec.Meta(ge=0)] = 0
+    waiting: bool = False
 
 
 class LimitHit(msgspec.Struct, tag=True, frozen=True):

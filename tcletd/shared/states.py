@@ -15,14 +15,16 @@ class TcletState(str, enum.Enum):
     """What a tclet is doing, as the host knows it."""
 
     STARTING = "starting"  # launched, no hello yet
-    SCRIPT = "script"  # evaluating its script (heartbeats come only while it waits in vwait/update)
+    SCRIPT = "script"  # evaluating its script (it reports only from its event loop: vwait/update)
     IDLE = "idle"  # its script returned; waiting in its event loop
-    BUSY = "busy"  # no heartbeat for a while: blocked in I/O or computing, not returning
+    BUSY = "busy"  # silent for a while, not resting: blocked in I/O or computing, not returning
     ENDING = "ending"  # the host asked it to end
     ENDED = "ended"
 
 
-# How long without a heartbeat before the host calls a tclet BUSY (heartbeats every 0.2 s).
+# How long without a heartbeat before the host calls a tclet BUSY: a worker beats every
+# HEARTBEAT_INTERVAL while active. One resting in its event loop (nothing ran for an interval,
+# nothing left to do) says so and is silent, not busy, until its loop wakes and says so first.
 HEARTBEAT_INTERVAL = 0.2
 BUSY_AFTER = 1.0
 

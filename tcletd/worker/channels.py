@@ -2,9 +2,10 @@
 
 A descriptor the host granted becomes a **native** Tcl socket channel: ``Tcl_MakeTcpClientChannel``
 reached with ctypes on the very ``libtcl`` that ``_tkinter`` loaded (found in ``/proc/self/maps``),
-registered on the master interpreter (``tk.interpaddr()``), so every channel behaviour is Tcl's own.
-Where that C API cannot be reached, a reflected channel (``chan create``) over the same descriptor
-stands in; :meth:`ChannelFactory.describe` says which one is in use.
+registered straight in the interpreter that gets it (the tclet's, found from the master
+``tk.interpaddr()`` with ``Tcl_GetSlave``), so every channel behaviour is Tcl's own. Where that C
+API cannot be reached, a reflected channel (``chan create``) over the same descriptor stands in,
+moved with ``interp transfer``; :meth:`ChannelFactory.describe` says which one is in use.
 
 Closing: the runtime must learn when the tclet closed a granted socket (the host then drops
 its duplicate). A native channel reports it through ``Tcl_CreateCloseHandler``; that callback
@@ -22,13 +23,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import socket
+import termios
 import tkinter
 from collections.abc import Callable
 
 __all__ = [
     "TCP_DRIVER_OPTIONS",
+    "ChannelClosed",
     "ChannelFactory",
     "CloseQueue",
     "bad_option_message",
@@ -52,6 +56,12 @@ TCP_DRIVER_OPTIONS = ("-connecting", "-peername", "-sockname")
 _TCP_LOOKUP = ("-error", "-connecting", "-peername", "-sockname")
 
 _TCL_CLOSE_PROC = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_BLOCKING = (0).to_bytes(4, "little")  # FIONBIO's int argument: 0, blocking
+
+
+class ChannelClosed(tkinter.TclError):
+    """The channel was made, then could not be moved into its interpreter: it is closed, and its
+    close handler has reported it (the caller must not report it again)."""
 
 
 def bad_option_message(name: str, options: tuple[str, ...] | list[str]) -> str:
@@ -104,6 +114,12 @@ class _TclApi:
         self.close_handler = lib.Tcl_CreateCloseHandler
         self.close_handler.argtypes = [ctypes.c_void_p, _TCL_CLOSE_PROC, ctypes.c_void_p]
         self.close_handler.restype = None
+        # A child interpreter by path (Tcl 8.7 renamed Tcl_GetSlave); None: transfer instead.
+        child = getattr(lib, "Tcl_GetChild", None) or getattr(lib, "Tcl_GetSlave", None)
+        if child is not None:
+            child.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+            child.restype = ctypes.c_void_p
+        self.child = child
         version = lib.Tcl_GetVersion
         version.argtypes = [ctypes.POINTER(ctypes.c_int)] * 4
         version.restype = None
@@ -112,8 +128,16 @@ class _TclApi:
         self.version = (major.value, minor.value)
 
 
+_bound: _TclApi | None = None
+
+
 def _load_api(tk: tkinter.Tk) -> _TclApi:
-    """Bind to the libtcl ``_tkinter`` loaded, checking it is the interpreter's version."""
+    """Bind to the libtcl ``_tkinter`` loaded, checking it is the interpreter's version; once
+    per process, and the zygote's binding serves every worker it forks (finding the library in
+    /proc/self/maps and binding its functions cost a worker ~3 ms)."""
+    global _bound
+    if _bound is not None:
+        return _bound
     path = find_libtcl()
     if not path:
         raise OSError("no libtcl shared library mapped (static Tcl?)")
@@ -122,6 +146,7 @@ def _load_api(tk: tkinter.Tk) -> _TclApi:
     want = tuple(int(x) for x in str(tk.call("info", "tclversion")).split("."))
     if api.version != want:
         raise OSError(f"{path} is Tcl {api.version}, the interpreter is Tcl {want}")
+    _bound = api
     return api
 
 
@@ -150,16 +175,21 @@ class CloseQueue:
         self._deliver = deliver
         self._pending: list[int] = []
         self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._signalled = False
         self._registered = True
         tk.createfilehandler(self._fd, tkinter.READABLE, self._on_ready)
 
     def push(self, sock_id: int) -> None:
         self._pending.append(sock_id)
-        if self._fd >= 0:
+        # One wake-up until the loop takes it: a tclet closing sockets in a loop (the alias
+        # drains at once) wrote the eventfd once per close, one system call per grant.
+        if self._fd >= 0 and not self._signalled:
+            self._signalled = True
             with contextlib.suppress(OSError):
                 os.eventfd_write(self._fd, 1)
 
     def _on_ready(self, _fd: object, _mask: object) -> None:
+        self._signalled = False
         with contextlib.suppress(OSError):
             os.eventfd_read(self._fd)
         self.drain()
@@ -262,27 +292,47 @@ class ChannelFactory:
 
     # ---- connected sockets -----------------------------------------------------------------------
 
-    def make(self, fd: int, sock_id: int) -> str:
-        """Wrap the connected (or connecting) socket ``fd``; returns its channel name in the master.
+    def make(self, fd: int, sock_id: int, into: str = "") -> str:
+        """Wrap the connected (or connecting) socket ``fd``; returns its channel name in the
+        interpreter ``into`` (a path from the master; "" is the master itself).
 
-        Tcl owns ``fd`` afterwards (also when this raises, ``fd`` is closed).
+        ``fd`` must be close-on-exec already (the link receives descriptors with
+        ``MSG_CMSG_CLOEXEC``; Python makes its own so). Tcl owns ``fd`` afterwards (also when
+        this raises, ``fd`` is closed; a channel that could not reach ``into`` is closed and
+        :class:`ChannelClosed` raised).
         """
         try:
-            os.set_inheritable(fd, False)
-            os.set_blocking(fd, True)  # a new Tcl channel is blocking; the fd must agree
+            # A new Tcl channel is blocking; the fd must agree (one ioctl, not two fcntl).
+            fcntl.ioctl(fd, termios.FIONBIO, _BLOCKING)
         except OSError:
             os.close(fd)
             raise
-        if self._api is not None:
-            chan = self._api.make_tcp(fd)
-            if not chan:
-                os.close(fd)
-                raise OSError(errno.EINVAL, "Tcl_MakeTcpClientChannel failed")
-            self._api.register(self._interp, chan)
-            name = (self._api.get_name(chan) or b"").decode("utf-8")
-            self._api.close_handler(chan, self._close_cb, sock_id + 1)
-            return name
-        return self._make_fallback(fd, sock_id)
+        api = self._api
+        if api is None:
+            return self._transfer(self._make_fallback(fd, sock_id), into)
+        chan = api.make_tcp(fd)
+        if not chan:
+            os.close(fd)
+            raise OSError(errno.EINVAL, "Tcl_MakeTcpClientChannel failed")
+        # Registered straight in its interpreter: `interp transfer` from the master cost a
+        # Tcl command and its argument conversions per grant, for the same end state.
+        target = api.child(self._interp, into.encode()) if into and api.child else None
+        api.register(target or self._interp, chan)
+        name = (api.get_name(chan) or b"").decode("utf-8")
+        api.close_handler(chan, self._close_cb, sock_id + 1)
+        return name if target or not into else self._transfer(name, into)
+
+    def _transfer(self, name: str, into: str) -> str:
+        """Move the master's channel ``name`` into ``into`` (nothing for ""); closed if it fails
+        (its close handler reports it)."""
+        if into:
+            try:
+                self._tk.call("interp", "transfer", "", name, into)
+            except tkinter.TclError as exc:
+                with contextlib.suppress(tkinter.TclError):
+                    self._tk.call("close", name)
+                raise ChannelClosed(str(exc)) from None
+        return name
 
     def _native_closed(self, client_data: int | None) -> None:
         # Inside Tcl_Close: no tkinter here, only record and wake the event loop.

@@ -49,6 +49,10 @@ CONNECT_TIMEOUT = 10.0
 MONITOR_CLOSE_TIMEOUT = 1.0
 # Plain ints: pyzmq's enum flags cost a few microseconds per use on the request path.
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+# Room for the one descriptor a host message carries (and a few more, which are closed).
+_FD_SPACE = socket.CMSG_SPACE(4 * array.array("i").itemsize)
+# Received descriptors are close-on-exec from the start (no fcntl per grant afterwards).
+_RECV_FLAGS: int = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 
 
 class Link:
@@ -172,12 +176,13 @@ class Link:
         else:
             self._replies[msg.req] = msg
 
-    def _read_fds(self) -> None:
-        """Take every message waiting on the socketpair, stashing its descriptor."""
-        fd_space = socket.CMSG_SPACE(4 * array.array("i").itemsize)
+    def _read_fds(self, *, one: bool = False) -> None:
+        """Take every message waiting on the socketpair (``one``: the first only; the socket
+        stays readable for the rest), stashing its descriptor."""
+        recvmsg = self._fdsock.recvmsg
         while True:
             try:
-                data, ancdata, _flags, _addr = self._fdsock.recvmsg(p.FD_MESSAGE_MAX, fd_space)
+                data, ancdata, _flags, _addr = recvmsg(p.FD_MESSAGE_MAX, _FD_SPACE, _RECV_FLAGS)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -196,11 +201,13 @@ class Link:
             if isinstance(msg, p.Granted | p.Accepted) and len(fds) == 1:
                 self._fds[msg.sock] = fds[0]
                 self._route(msg)
-                continue
-            for fd in fds:
-                os.close(fd)
-            if isinstance(msg, p.Granted | p.Accepted) and not fds:
-                self._no_room(msg)
+            else:
+                for fd in fds:
+                    os.close(fd)
+                if isinstance(msg, p.Granted | p.Accepted) and not fds:
+                    self._no_room(msg)
+            if one:
+                return
 
     def _no_room(self, msg: p.Granted | p.Accepted) -> None:
         """The descriptor of ``msg`` did not fit under RLIMIT_NOFILE (the kernel dropped it)."""
@@ -223,12 +230,18 @@ class Link:
         req = self._next_req
         self._next_req += 1
         self._send(build(req))
-        while req not in self._replies:
-            self._poller.poll()
-            self._read_fds()
-            self._drain()
-        if self._events:
-            self._schedule_drain()
+        replies, dealer = self._replies, self._dealer
+        while req not in replies:
+            # Only what the poll found ready, one socketpair message at a time (a grant's
+            # reply is one): no recvmsg ending in EAGAIN, no drain of an idle DEALER. Both are
+            # level-triggered for this poll, so what is left is found by the next poll or pump.
+            for sock, _ in self._poller.poll():
+                if sock is dealer:
+                    self._drain()
+                else:
+                    self._read_fds(one=True)
+        if self._events or int(dealer.getsockopt(_EVENTS)) & _POLLIN:
+            self._schedule_drain()  # zmq.FD is edge-triggered: the pump must look for itself
         reply = self._replies.pop(req)
         if isinstance(reply, p.Denied):
             raise RequestError(reply.message, tuple(reply.errorcode))
@@ -283,11 +296,12 @@ class Link:
         assert isinstance(reply, p.PolicyGranted)
         return reply
 
-    def heartbeat(self, state: str, commands: int) -> None:
+    def heartbeat(self, state: str, commands: int, waiting: bool = False) -> None:
         # Never block the tclet's event loop on liveness: if the host is not reading (HWM
-        # reached), this beat is dropped and its silence says the same thing.
+        # reached), this beat is dropped and its silence says the same thing. A dropped
+        # ``waiting`` report leaves the host calling the tclet busy until its next wake.
         with contextlib.suppress(zmq.Again):
-            self._send(p.Heartbeat(state=state, commands=commands), zmq.NOBLOCK)
+            self._send(p.Heartbeat(state=state, commands=commands, waiting=waiting), zmq.NOBLOCK)
 
     def limit_hit(self, limit: str, detail: str) -> None:
         self._send(p.LimitHit(limit=limit[: p.MAX_WORD], detail=detail[: p.MAX_WORD]))

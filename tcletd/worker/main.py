@@ -1,27 +1,27 @@
-"""Worker process entry: the first code that runs in a fresh worker forked from the fork server.
+"""Worker process entry: the first code that runs in a worker the zygote just forked.
 
 Worker side of the trust boundary. It wires the process up before any tclet code runs: the
-worker dies with its fork server (which dies with the host), stdout/stderr become the host's
-output socketpairs, the worker enters its own empty network namespace (:mod:`tcletd.worker.netns`:
-first, while it has one thread, since a namespace belongs to a thread), the link to the host is
-made, the Tcl runtime is built, the sandbox (:mod:`tcletd.worker.sandbox`, ending with the
-seccomp filter) closes the process down, then the runtime runs the tclet. The
-fork server preloads this module, so its imports are paid once, not per worker.
+worker dies with the zygote (which dies with the host), stdout/stderr become the host's output
+socketpairs, the worker enters its cgroup and its own empty network namespace
+(:mod:`tcletd.worker.netns`: while it has one thread, since a namespace belongs to a thread),
+the link to the host is made, the Tcl runtime is fitted to the tclet, the sandbox
+(:mod:`tcletd.worker.sandbox`, ending with the seccomp filter) closes the process down, then
+the runtime runs the tclet. The zygote (:mod:`tcletd.worker.zygote`) imports this module, so
+its imports are paid once, not per worker.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import signal
 import socket
 import sys
+import tkinter
 from collections.abc import Sequence
-from typing import Any
 
 import msgspec
-import zmq  # noqa: F401  (preloaded in the fork server)
+import zmq  # noqa: F401  (imported once, in the zygote)
 
 from tcletd.shared import protocol as p
 from tcletd.shared.errors import EXIT_SOFTWARE
@@ -33,7 +33,7 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:
-    """Ask the kernel to SIGKILL us when the fork server exits; it exits when the host does."""
+    """Ask the kernel to SIGKILL us when the zygote exits; it exits when the host does."""
     libc = ctypes.CDLL(None, use_errno=True)
     parent = os.getppid()
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -51,30 +51,14 @@ def _redirect_output(out: socket.socket, err: socket.socket) -> None:
     err.close()
 
 
-def _drop_fork_server_fds() -> None:
-    """Close the fork server's "alive" pipe and the resource tracker's pipe in this worker.
-
-    Every child inherits them; while any worker holds the alive pipe, the fork server would not
-    see the host's death, would not exit, and so would not take its workers with it.
-    """
-    from multiprocess import forkserver, resource_tracker
-
-    server: Any = forkserver._forkserver
-    tracker: Any = resource_tracker._resource_tracker
-    for owner, attr in ((server, "_forkserver_alive_fd"), (tracker, "_fd")):
-        fd = getattr(owner, attr, None)
-        if isinstance(fd, int):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-            setattr(owner, attr, None)
-
-
 def _own_descriptors_only(fdsock: socket.socket) -> socket.socket:
     """Close every descriptor the worker inherited but its standard streams and ``fdsock``, and
     move ``fdsock`` to the lowest free number; the socket object for it.
 
-    The fork server holds a descriptor per live worker, so a worker forked while a thousand run
-    inherits, and receives its own socketpair at, numbers above a thousand. Tcl 8.6's notifier
+    The zygote's own descriptors (its link to the host) are not the tclet's to hold. And a parent
+    that held a descriptor per live worker (multiprocess's fork server did) would have a worker
+    forked while a thousand run inherit, and receive its own socketpair at, numbers above a
+    thousand. Tcl 8.6's notifier
     watches with ``select()``, which aborts the process (glibc's "bit out of range 0 -
     FD_SETSIZE") for a descriptor of 1024 or more: the link's socketpair is watched, and every
     socket the host hands over would land above the inherited ones. After this, a worker's
@@ -139,10 +123,14 @@ def run(
     out: socket.socket,
     err: socket.socket,
     cgroup_procs: Sequence[str] = (),
+    prepared: tkinter.Tk | None = None,
+    *,
+    isolated: bool = False,
 ) -> None:
     """Run one tclet and exit with its status; never returns. ``cgroup_procs``: the
-    ``cgroup.procs`` files of the worker's cgroup (none where the host has no cgroups)."""
-    _drop_fork_server_fds()
+    ``cgroup.procs`` files of the worker's cgroup (none where the host has no cgroups);
+    ``prepared``: the zygote's interpreter (:func:`tcletd.worker.tclrt.prepare_interp`);
+    ``isolated``: a warm worker, already in its own network namespace."""
     _die_with_parent()
     # The host's signals are for the host; a worker ends on SIGTERM at once (no Python cleanup).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -152,7 +140,8 @@ def run(
     _enter_cgroup(cgroup_procs)
     # After the cgroup (the namespace's kernel memory is then charged to it) and before any
     # thread exists (libzmq's, Tcl's notifier), so that all of them are in it.
-    netns.enter()
+    if not isolated:
+        netns.enter()
     try:
         spec = p.SPEC_DECODER.decode(spec_bytes)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -162,7 +151,7 @@ def run(
         # Before the link and Tcl start their threads, so that every thread inherits the class.
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     link = Link(spec, fdsock)
-    runtime = TclRuntime(spec, link)
+    runtime = TclRuntime(spec, link, prepared=prepared)
     link.attach(runtime)
     # Every thread (libzmq's, Tcl's notifier) must exist before the sandbox forbids new ones,
     # and so must the link's socket, which libzmq's I/O thread makes in its own time.
@@ -181,7 +170,7 @@ def run(
     link.hello()
     status = runtime.run()
     # None when the host was started with its own stdout closed (`tcletd run t.tcl >&-`): the
-    # fork server, and so every worker, then has no Python-level stdout, only fd 1 (ours).
+    # zygote, and so every worker, then has no Python-level stdout, only fd 1 (ours).
     if sys.stdout is not None:
         sys.stdout.flush()
     # Deliver what is still queued (a LimitHit, the last Closes) before the process goes.

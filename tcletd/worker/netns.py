@@ -21,7 +21,7 @@ namespace would be kernel surface for nothing), where the kernel allows one
 (``user.max_user_namespaces`` > 0, no LSM refusing it); otherwise the worker runs in the host's
 namespace and :data:`state` says why.
 
-One namespace per worker, not one the fork server enters once for all its workers: in a shared
+One namespace per worker, not one the zygote enters once for all its workers: in a shared
 namespace workers could reach each other's abstract Unix sockets (the filter lets ``AF_UNIX``
 through) and, as root, see whatever one of them did to it; alone, a worker reaches nothing.
 The price, measured with ``bench/bench_layers.py`` on this 2-core VM: ``unshare`` p50 1.3-1.4 ms

@@ -37,9 +37,10 @@ error code. What is refused, and why:
   would need a second test on the same argument, which libseccomp refuses in one rule.
 
 Cost, measured with ``bench/bench_layers.py`` on this 2-core VM: building and loading the filter
-takes 1.2-1.8 ms p50 in a freshly forked worker. Building it in the fork server beforehand was
-no faster (1.27 vs 1.21 ms p50, 40 workers each: libseccomp snapshots its rule database on every
-rule added, and the child's copy-on-write faults dominate), so each worker builds its own. A
+takes 1.2-1.8 ms p50 in a freshly forked worker. Building it in the parent beforehand (then
+multiprocess's fork server) was no faster (1.27 vs 1.21 ms p50, 40 workers each: libseccomp
+snapshots its rule database on every rule added, and the child's copy-on-write faults dominate),
+so each worker builds its own. A
 cheap system call costs the same under the filter (``getppid`` 304-377 ns against 301-343 ns
 without, within the noise): the kernel's per-filter action cache lets calls that no rule tests
 through without running it.
@@ -62,7 +63,7 @@ SKIP_WORD = "no-seccomp"
 """Test-only: a ``WorkerSpec.probe`` that starts with this word runs without the filter, so a
 test can prove the network namespace alone (the host never sets ``probe``)."""
 
-try:  # in the fork server's preload: the library is found (a subprocess) once, not per worker
+try:  # imported by the zygote: the library is found (a subprocess) once, not per worker
     import pyseccomp as _seccomp  # type: ignore[import-untyped]
 
     unavailable = ""

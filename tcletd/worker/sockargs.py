@@ -108,13 +108,17 @@ class SocketArgs:
         self.port = ""
 
 
+def _wrong_args() -> TclCommandError:
+    # Made when raised, not on every call: every grant parses its arguments here.
+    return TclCommandError(SOCKET_USAGE, ("TCL", "WRONGARGS"))
+
+
 def parse_socket_args(args: tuple[str, ...] | list[str]) -> SocketArgs:
     """Parse like tclsh 8.6.13, in its order and with its messages; raises
     :class:`TclCommandError`. ``-myport`` is converted as Tcl converts it (see
     :func:`_option_port`); the target port is the host's to check.
     """
     out = SocketArgs()
-    wrong = TclCommandError(SOCKET_USAGE, ("TCL", "WRONGARGS"))
     n = len(args)
     a = 0
     while a < n:
@@ -151,8 +155,8 @@ def parse_socket_args(args: tuple[str, ...] | list[str]) -> SocketArgs:
         out.host = args[a]
         a += 1
     else:
-        raise wrong
+        raise _wrong_args()
     if a != n - 1:
-        raise wrong
+        raise _wrong_args()
     out.port = args[a]
     return out

@@ -6,9 +6,10 @@ host for sockets and policies, registers its own file handlers on :attr:`TclRunt
 :meth:`TclRuntime.accepted` / :meth:`TclRuntime.quota_exceeded` / :meth:`TclRuntime.stop` when
 the host says so.
 
-Limits and liveness (see :mod:`tcletd.worker.limits`): while the tclet runs, a master ``after``
-timer sends ``HostLink.heartbeat`` every :data:`tcletd.shared.states.HEARTBEAT_INTERVAL` seconds
-(only when the tclet is back in the event loop); with ``spec.commands`` > 0 the tclet's interpreters
+Limits and liveness (see :mod:`tcletd.worker.limits`): while the tclet is active, a master
+``after`` timer sends ``HostLink.heartbeat`` every :data:`tcletd.shared.states.HEARTBEAT_INTERVAL`
+seconds (only when the tclet is back in the event loop); a tclet idle in its event loop says it
+waits, and nothing more until an event wakes it; with ``spec.commands`` > 0 the tclet's interpreters
 share that command budget, and reaching it calls ``HostLink.limit_hit`` and ends the tclet with
 :data:`tcletd.shared.states.EXIT_KILLED`. A ``Stop`` is seen only from the event loop too: a tclet
 blocked in I/O or computing cannot see it (the host then escalates to SIGTERM and SIGKILL).
@@ -33,8 +34,8 @@ from tcletd.shared.errors import EXIT_SOFTWARE, RequestError
 from tcletd.shared.protocol import PolicyGranted, WorkerSpec
 from tcletd.shared.states import EXIT_KILLED, HEARTBEAT_INTERVAL, TcletState
 from tcletd.worker.aliases import MASTER_TCL
-from tcletd.worker.channels import ChannelFactory
-from tcletd.worker.limits import LIMITS_TCL, enforced_budget
+from tcletd.worker.channels import ChannelClosed, ChannelFactory
+from tcletd.worker.limits import LIMITS_TCL, WakeDetector, enforced_budget
 from tcletd.worker.sockargs import TclCommandError, parse_socket_args
 
 __all__ = ["SLAVE", "HostLink", "TclRuntime"]
@@ -70,9 +71,10 @@ class HostLink(Protocol):
         refused."""
         ...
 
-    def heartbeat(self, state: str, commands: int) -> None:
+    def heartbeat(self, state: str, commands: int, waiting: bool = False) -> None:
         """The tclet is back in its event loop: ``state`` is ``script`` while its top-level script
-        has not returned, ``idle`` after; ``commands`` is what its interpreters ran so far."""
+        has not returned, ``idle`` after; ``commands`` is what its interpreters ran so far;
+        ``waiting``: it rests, and no beat comes until its loop wakes (then one says so)."""
         ...
 
     def limit_hit(self, limit: str, detail: str) -> None:
@@ -93,10 +95,19 @@ class TclRuntime:
     ``native_channels=False`` forces the reflected-channel fallback (tests, ``doctor``).
     """
 
-    def __init__(self, spec: WorkerSpec, link: HostLink, *, native_channels: bool = True) -> None:
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        link: HostLink,
+        *,
+        native_channels: bool = True,
+        prepared: tkinter.Tk | None = None,
+    ) -> None:
+        """``prepared``: an interpreter from :func:`prepare_interp`, made before this process
+        was forked (the zygote's), used once; None: one is made here."""
         self.spec = spec
         self.link = link
-        self.tk: tkinter.Tk = tkinter.Tcl()
+        self.tk: tkinter.Tk = prepared if prepared is not None else prepare_interp()
         self.slave = SLAVE
         self.status: int | None = None
         """The exit status once the tclet ended (exit, error, stop, nothing left)."""
@@ -117,8 +128,6 @@ class TclRuntime:
     # ---- set-up ----------------------------------------------------------------------------------
 
     def _install(self) -> None:
-        self.tk.eval(MASTER_TCL)
-        self.tk.eval(LIMITS_TCL)
         self._set_hidden(self.hidden_options)
         commands: dict[str, Callable[..., object]] = {
             "socket": self._py_socket,
@@ -128,7 +137,7 @@ class TclRuntime:
             "beat": self._py_beat,
             "limit": self._py_limit,
         }
-        make_tclet_interp(self.tk, self.slave, self.spec, commands)
+        fit_tclet_interp(self.tk, self.slave, self.spec, commands)
 
     def _set_hidden(self, options: list[str]) -> None:
         self.hidden_options = list(options)
@@ -156,6 +165,7 @@ class TclRuntime:
         if self._running:
             raise RuntimeError("TclRuntime.run() is not re-entrant")
         self._running = True
+        self._wake = WakeDetector(self.tk)
         try:
             if self.status is None:
                 # Counting starts here: the Safe Base's set-up is not the tclet's.
@@ -165,13 +175,19 @@ class TclRuntime:
                 self._state = TcletState.IDLE.value
             while not self._ended():
                 self.channels.closes.drain()
+                if self._wake.armed:  # resting (it had something left to wait for): no polls,
+                    self.tk.dooneevent(0)  # whose passes would look like wake-ups
+                    continue
                 if self.tk.dooneevent(_DONT_WAIT):
                     continue
-                if self._ended() or not self._busy():
+                if self._ended() or not self._busy_uncounted():
                     break
                 self.tk.dooneevent(0)
             self._terminate(0)
         finally:
+            self._wake.close()
+            with contextlib.suppress(tkinter.TclError):
+                self.tk.call("::tcletd::Unbeat")
             self._finish()
         if self._failure is not None:
             raise self._failure
@@ -307,11 +323,16 @@ class TclRuntime:
                 self._notify_close(sock_id)
                 return ended
             try:
-                name = self.channels.make(fd, sock_id)  # owns fd from here, even on failure
+                # Made straight in the tclet's interpreter (no transfer); owns fd from here.
+                name = self.channels.make(fd, sock_id, self.slave)
+            except ChannelClosed as exc:  # its close handler reported it to the host
+                self.channels.closes.drain()
+                return ("error", f"couldn't open socket: {exc}", ("NONE",))
             except (OSError, tkinter.TclError) as exc:
                 self._notify_close(sock_id)
                 return ("error", f"couldn't open socket: {exc}", ("NONE",))
             self._sockets[sock_id] = name
+            return ("ok", name)
         try:
             self.tk.call("interp", "transfer", "", name, self.slave)
         except tkinter.TclError as exc:
@@ -361,14 +382,32 @@ class TclRuntime:
         self._terminate(int(code))
         return ""
 
-    def _py_beat(self, commands: str) -> str:
-        if self.status is None:
-            try:
-                # Tcl's counts wrap past 2**31; the wire takes only counts >= 0.
-                self.link.heartbeat(self._state, max(0, int(commands)))
-            except Exception as exc:
-                self._fail(exc)
-        return ""
+    def _py_beat(self, kind: str, commands: str) -> str:
+        """``run``: a beat; ``rest``: the tclet would rest, "1" if it may (then the host hears
+        it waits); ``woke``: its loop woke after a rest. See :mod:`tcletd.worker.limits`."""
+        if self.status is not None:
+            return "0"
+        if kind == "rest" and not (
+            self._wake.available
+            and (self._state == TcletState.SCRIPT.value or self._busy_uncounted())
+        ):
+            return "0"  # no detector to wake it; or nothing left: the loop ends the tclet
+        try:
+            # Tcl's counts wrap past 2**31; the wire takes only counts >= 0.
+            self.link.heartbeat(self._state, max(0, int(commands)), waiting=kind == "rest")
+        except Exception as exc:
+            self._fail(exc)
+            return "0"
+        if kind == "rest":
+            self._wake.arm()
+            return "1"
+        if kind == "run":
+            self._wake.prune()
+        return "0"
+
+    def _busy_uncounted(self) -> bool:
+        """:meth:`_busy`, its commands left out of the tclet's activity (a beat's quiet check)."""
+        return bool(self._listeners) or bool(int(self.tk.call("::tcletd::Busy", self.slave)))
 
     def _py_limit(self) -> str:
         """The command budget is spent (called from the limit's callback, inside the tclet's
@@ -383,18 +422,25 @@ class TclRuntime:
         return ""
 
 
-def make_tclet_interp(
-    tk: tkinter.Tk, slave: str, spec: WorkerSpec, commands: dict[str, Callable[..., object]]
-) -> None:
-    """Create the tclet's Safe Base interpreter in ``tk``'s master: the Python ``commands``
-    behind the aliases (as ``::tcletd::py::NAME``), Tcl's library on its access path, the
-    aliases, the shared stdout and stderr, and the tclet's argv, argv0 and embed_args."""
-    for name, func in commands.items():
-        tk.createcommand(f"::tcletd::py::{name}", func)
+def prepare_interp() -> tkinter.Tk:
+    """A Tcl interpreter with what every tclet's shares: the master's procs and the tclet's Safe
+    Base interpreter with its aliases. The zygote makes one before it forks, so that a worker
+    does not: the Safe Base's set-up is ~8 ms of a worker's start, ~0.2 ms the rest.
+
+    Nothing here may start a thread (Tcl's notifier starts at the first event-loop pass, in the
+    worker: :meth:`TclRuntime.prime`) or touch a standard channel (Tcl would make it on the
+    zygote's descriptor 1, before the worker's output is there).
+    """
+    tk = tkinter.Tcl()
+    tk.eval(MASTER_TCL)
+    tk.eval(LIMITS_TCL)
+    slave = SLAVE
     lib = str(tk.eval("info library"))
     subdirs = tk.splitlist(tk.call("glob", "-nocomplain", "-type", "d", "-dir", lib, "*"))
     access = [lib, *subdirs]
     tk.call("::safe::interpCreate", slave, "-accessPath", tuple(access), "-noStatics")
+    # The targets are the Python commands fit_tclet_interp makes: an alias resolves its target
+    # when called, not when made.
     for name, target in (
         ("socket", ("::tcletd::call", "socket", "::tcletd::py::socket")),
         ("fconfigure", ("::tcletd::FconfigureAlias", slave)),
@@ -405,6 +451,17 @@ def make_tclet_interp(
         tk.call("interp", "alias", slave, name, "", *target)
     tk.call("interp", "bgerror", slave, "::tcl::Bgerror")
     tk.call("::tcletd::Harden", slave)
+    return tk
+
+
+def fit_tclet_interp(
+    tk: tkinter.Tk, slave: str, spec: WorkerSpec, commands: dict[str, Callable[..., object]]
+) -> None:
+    """Make ``tk`` (from :func:`prepare_interp`) this tclet's: the Python ``commands`` behind
+    the aliases (as ``::tcletd::py::NAME``), the shared stdout and stderr, and the tclet's
+    argv, argv0 and embed_args."""
+    for name, func in commands.items():
+        tk.createcommand(f"::tcletd::py::{name}", func)
     for chan in ("stdout", "stderr"):
         tk.call("interp", "share", "", chan, slave)
     argv = tuple(spec.argv)

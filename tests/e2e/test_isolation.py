@@ -69,7 +69,7 @@ def test_no_orphans_when_host_is_killed(tmp_path: Path) -> None:
         assert proc.stdout is not None
         assert proc.stdout.readline() == b"ready\n"
         below = descendants(proc.pid)
-        assert len(below) >= 2  # the fork server and the worker (and a resource tracker)
+        assert len(below) >= 2  # the zygote and the worker
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=5)
 

@@ -370,7 +370,7 @@ def test_sigterm_ends_the_detached_tclets_and_leaves_no_process(tmp_path: Path) 
             assert done.returncode == 0, done
             ids.append(done.stdout.split()[-1])
         wait_until(lambda: len(psutil.Process(served.pid).children(recursive=True)) >= 4)
-        session = psutil.Process(served.pid).children(recursive=True)  # fork server, workers
+        session = psutil.Process(served.pid).children(recursive=True)  # zygote, workers
         served.proc.send_signal(signal.SIGTERM)
         assert served.proc.wait(timeout=30) == 0, served.stderr()
 

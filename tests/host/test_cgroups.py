@@ -63,9 +63,10 @@ def _probe(probe: str, memory: int = 0) -> tuple[int, str, WorkerProcess, cg.Cgr
         groups = cg.Cgroups.open()
         assert groups.active, groups.reason
         supervisor = Supervisor(grace=0.5, cgroups=groups)
-        supervisor.start()
+        supervisor.start(asyncio.get_running_loop())
         try:
             worker = supervisor.launch(_spec(probe, memory), asyncio.get_running_loop())
+            assert await worker.started, worker.failure  # its cgroup is made before the fork
             assert worker.cgroup is not None
             status = await asyncio.wait_for(worker.exited, 30)
             out = _read_all(worker) + _read_all(worker, "stderr")
@@ -212,7 +213,8 @@ def test_a_granted_policy_moves_the_memory_limit(tmp_path: Path) -> None:
                 on_stderr=lambda data: None,
             )
             # Made before the fork, with the limit of the policy the tclet starts under.
-            assert tclet.worker is not None and tclet.worker.cgroup is not None
+            assert tclet.worker is not None and await tclet.worker.started
+            assert tclet.worker.cgroup is not None
             before = _memory_limit(tclet.worker.cgroup)
             await asyncio.wait_for(ready.wait(), 20)
             after = _memory_limit(tclet.worker.cgroup)

@@ -1,6 +1,6 @@
 """A worker's descriptors are numbered from the bottom, however many siblings it has.
 
-The fork server holds a descriptor per live worker; before each worker closed what it inherited
+The zygote holds a descriptor per live worker; before each worker closed what it inherited
 and moved its link down, the 1,000th worker's link sat above descriptor 1,000 and Tcl's
 ``select()`` notifier aborted it at 1,024. Here, on a real in-process Host, the highest
 descriptor of a worker started beside 40 others is that of the first one started alone; and a
@@ -15,7 +15,7 @@ import resource
 import socket
 
 import pytest
-from support.hosting import quiet
+from support.hosting import quiet, worker_pid
 from support.net import TcpServer
 
 from tcletd.api import Host, HostFull
@@ -34,7 +34,7 @@ vwait forever
 
 def _highest_fd(tclet: Tclet) -> int:
     assert tclet.worker is not None
-    return max(int(fd) for fd in os.listdir(f"/proc/{tclet.worker.pid}/fd"))
+    return max(int(fd) for fd in os.listdir(f"/proc/{worker_pid(tclet)}/fd"))
 
 
 async def _ready(host: Host, port: int) -> Tclet:

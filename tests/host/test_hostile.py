@@ -136,7 +136,7 @@ def _ended(tclet: Tclet) -> bool:
     return tclet.worker is not None and tclet.worker.exited.done()
 
 
-def launch(
+async def launch(
     host: Host,
     script: str,
     *,
@@ -156,6 +156,8 @@ def launch(
         on_stderr=err,
     )
     assert tclet.worker is not None
+    assert await tclet.worker.started, tclet.worker.failure  # forked: its pid is known
+    assert tclet.worker.pid is not None
     return Run(tclet, tclet.worker.pid, out, err)
 
 
@@ -176,7 +178,7 @@ Hook = Callable[[Run, Run], Awaitable[object]]
 
 @pytest.fixture(scope="module", autouse=True)
 def warm_up() -> None:
-    """Start the fork server and load everything lazy once, before any baseline is taken."""
+    """Start the zygote and load everything lazy once, before any baseline is taken."""
 
     async def run() -> None:
         async with Host() as host:
@@ -210,12 +212,12 @@ def beside(
             assert warm.status == 0
             fds_in_host = await stable_fds()
 
-            attacker = launch(
+            attacker = await launch(
                 host, script, name="attacker.tcl", policy=policy, argv=argv or [], origin=origin
             )
             pids.append(attacker.pid)
             await attacker.printed("started")
-            probe = launch(
+            probe = await launch(
                 host,
                 hostile("probe.tcl"),
                 name="probe.tcl",
@@ -227,7 +229,9 @@ def beside(
             seen = await during(attacker, probe) if during is not None else None
             attacker_result = await attacker.wait()
 
-            after = launch(host, "puts after; exit 0", name="after.tcl", policy=policy, argv=[])
+            after = await launch(
+                host, "puts after; exit 0", name="after.tcl", policy=policy, argv=[]
+            )
             pids.append(after.pid)
             after_result = await after.wait()
             assert (after_result.status, after.out.text) == (0, "after\n"), after.err.text

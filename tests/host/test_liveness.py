@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from support.audit import audit_records
-from support.hosting import quiet
+from support.hosting import quiet, worker_pid
 from support.net import TcpServer, echo_handler
 from support.system import sched_classes
 from support.waiting import until
@@ -140,9 +140,9 @@ def test_a_cpu_hog_is_demoted_and_an_io_bound_tclet_is_not() -> None:
                 await until(lambda: hog.demoted, timeout=5)
                 assert hog.worker is not None and chatty.worker is not None
                 # Every thread: libzmq's and Tcl's beside the main one.
-                threads = len(os.listdir(f"/proc/{hog.worker.pid}/task"))
-                hog_classes = sched_classes(hog.worker.pid)
-                chatty_classes = sched_classes(chatty.worker.pid)
+                threads = len(os.listdir(f"/proc/{worker_pid(hog)}/task"))
+                hog_classes = sched_classes(worker_pid(hog))
+                chatty_classes = sched_classes(worker_pid(chatty))
                 await chatty.wait()
                 await hog.end("test over")
                 await hog.wait()
@@ -188,8 +188,8 @@ def test_an_output_flood_is_demoted_and_read_at_a_bounded_pace(tmp_path: Path) -
             )
             await until(lambda: flood.demoted, timeout=10)
             assert flood.worker is not None and neighbour.worker is not None
-            flood_cls = sched_classes(flood.worker.pid)
-            quiet_cls = sched_classes(neighbour.worker.pid)
+            flood_cls = sched_classes(worker_pid(flood))
+            quiet_cls = sched_classes(worker_pid(neighbour))
             demoted_at = len(flood_at)
             await asyncio.sleep(1.0)
             paced = flood_at[demoted_at:]
@@ -226,7 +226,7 @@ def test_a_spinner_is_demoted_by_its_first_look_before_any_tick(
             sleeper = host.launch("after 3000", policy="trusted", **quiet())
             await until(lambda: hog.demoted, timeout=10)
             assert hog.worker is not None
-            classes = sched_classes(hog.worker.pid)
+            classes = sched_classes(worker_pid(hog))
             await hog.end("test over")
             await hog.wait()
             await sleeper.wait()
@@ -249,7 +249,7 @@ def test_an_after_0_storm_is_demoted_though_it_sleeps_briefly() -> None:
             storm = host.launch(storm_script, policy="trusted", **quiet())
             await until(lambda: storm.demoted, timeout=5)
             assert storm.worker is not None
-            classes = sched_classes(storm.worker.pid)
+            classes = sched_classes(worker_pid(storm))
             await storm.end("test over")
             await storm.wait()
             return storm.demoted, classes

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from support.audit import audit_records
-from support.hosting import quiet
+from support.hosting import quiet, worker_pid
 from support.system import sched_classes
 from support.waiting import until
 
@@ -35,7 +35,7 @@ async def _started(tclet: Tclet) -> set[int]:
     """The worker's threads' classes once its script runs (every thread exists by then)."""
     await until(lambda: tclet.state is not TcletState.STARTING)
     assert tclet.worker is not None
-    return sched_classes(tclet.worker.pid)
+    return sched_classes(worker_pid(tclet))
 
 
 async def _hog_to_its_cpu_limit(host: Host) -> str:
@@ -192,20 +192,20 @@ def test_a_boxed_site_is_refused_a_second_launch_within_the_interval(tmp_path: P
 
 
 def test_a_launch_that_fails_leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A worker that cannot be started (the fork server refuses: injected, since a real fork
+    """A worker that cannot be started (the zygote refuses: injected, since a real fork
     failure cannot be had on demand) uses no slot of its boxed site's one launch a second and
     leaves no peer registered with the hub."""
     from tcletd.host.supervisor import Supervisor
 
     def refuse(*_args: object, **_kwargs: object) -> None:
-        raise OSError("fork server gone")
+        raise OSError("zygote gone")
 
     async def scenario() -> tuple[int, int, int, bool]:
         async with Host() as host:
             await _hog_to_its_cpu_limit(host)
             real = Supervisor.launch
             monkeypatch.setattr(Supervisor, "launch", refuse)
-            with pytest.raises(OSError, match="fork server gone"):
+            with pytest.raises(OSError, match="zygote gone"):
                 host.launch(POLITE, origin=f"{HOG_SITE}/", **quiet())
             assert host._services is not None
             peers, running = len(host._services.hub._peers), len(host.status())

@@ -2,7 +2,7 @@
 blocking wrapper (:class:`tcletd.api.BlockingHost`) behaves as its docstring says: off the main
 thread, errors raised in the caller, iterators closed when left, a bounded wait.
 
-Each example runs in a fresh Python process (its own host, fork server and workers) in a
+Each example runs in a fresh Python process (its own host, zygote and workers) in a
 temporary directory, killed by its process group on timeout.
 """
 

@@ -22,9 +22,9 @@ def test_status_reads_no_proc_and_no_tcp_info(monkeypatch: pytest.MonkeyPatch) -
     reads = {"proc": 0, "tcp_info": 0}
     measure, read = watchdog.Meter.measure, quotas._Meter.read
 
-    def counted_measure(self: watchdog.Meter) -> watchdog.Usage:
+    def counted_measure(self: watchdog.Meter, *, light: bool = False) -> watchdog.Usage:
         reads["proc"] += 1
-        return measure(self)
+        return measure(self, light=light)
 
     def counted_read(self: quotas._Meter) -> None:
         reads["tcp_info"] += 1

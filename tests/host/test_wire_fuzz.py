@@ -36,6 +36,7 @@ from support.waiting import until
 from tcletd.api import Host
 from tcletd.host.tclet import Tclet
 from tcletd.shared import protocol as p
+from tcletd.shared.states import TcletState
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -59,12 +60,19 @@ class _Faults(logging.Handler):
             self.faults.append(f"{record.levelname} {record.name}: {text[:300]}")
 
 
-def hold(tclet: Tclet) -> None:
-    """Stop the real worker before it can connect (it is still starting: decoding its spec,
-    entering its cgroup and namespace), so that the fuzzing DEALER always takes the tclet's
-    routing id; the host still ends it (SIGKILL reaches a stopped process)."""
-    assert tclet.worker is not None
-    os.kill(tclet.worker.pid, signal.SIGSTOP)
+@contextlib.contextmanager
+def forks_held(host: Host) -> Iterator[None]:
+    """Hold the host's zygote (SIGSTOP), so that a tclet launched meanwhile has no worker yet
+    that could connect, and the fuzzing DEALER always takes the tclet's routing id. Resumed on
+    leaving: the host ends a tclet once its worker is forked."""
+    assert host._services is not None
+    zygote = host._services.supervisor._zygote
+    assert zygote is not None and zygote.ready
+    os.kill(zygote.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(zygote.process.pid, signal.SIGCONT)
 
 
 class Fuzzed:
@@ -107,12 +115,19 @@ class Fuzzed:
         self.loop.run_until_complete(asyncio.wait_for(self._throw(who, ident, messages), 30))
 
     async def _throw(self, who: str, ident: bytes, messages: list[list[bytes]]) -> None:
+        with forks_held(self.host):
+            tclet = await self._launched(who, ident, messages)
+        if tclet is not None:
+            await tclet.end("example over")
+            await asyncio.wait_for(tclet.wait(), 10)
+
+    async def _launched(self, who: str, ident: bytes, messages: list[list[bytes]]) -> Tclet | None:
+        """Throw ``messages`` as ``who``; the tclet launched for it, if one was."""
         tclet: Tclet | None = None
         if who != "stranger":
             tclet = self.host.launch(
                 "after 20000 {exit 0}", policy="home", origin=ORIGIN, **quiet()
             )
-            hold(tclet)
             ident = tclet.id.encode()
         sent = list(messages)
         if tclet is not None and who == "token":
@@ -122,7 +137,7 @@ class Fuzzed:
         # libzmq drops the connection at a part over MAXMSGSIZE: nothing after it arrives.
         arriving = next((i for i, m in enumerate(sent) if max(map(len, m)) > MAXMSGSIZE), None)
         expected = [[ident, *m] for m in sent[:arriving]]
-        # In the same turn as the launch: the worker is still being forked.
+        # The zygote is held: the worker is not even forked.
         dealer = self.ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.IDENTITY, ident)
         dealer.setsockopt(zmq.LINGER, 0)
@@ -139,9 +154,7 @@ class Fuzzed:
                 await until(lambda: len(mine()) >= len(expected), timeout=5, interval=0.002)
             if mine()[: len(expected)] == expected:
                 self.arrived += 1
-            if tclet is not None:
-                await tclet.end("example over")
-                await asyncio.wait_for(tclet.wait(), 10)
+            return tclet
         finally:
             dealer.close(linger=0)
 
@@ -180,7 +193,7 @@ def fuzzed() -> Iterator[Fuzzed]:
         loop.run_until_complete(host.__aenter__())
         try:
             target = Fuzzed(host, loop, echo)
-            target.round_trip()  # warm-up: the fork server's first worker is not the fuzz's
+            target.round_trip()  # warm-up: the zygote's first worker is not the fuzz's
             target.throw("token", b"", [[b"\xc1"]])
             target.baseline, target.arrived = target.rss(), 0
             yield target
@@ -227,7 +240,7 @@ TAGS = st.sampled_from(
 ) | st.text(max_size=12)  # fmt: skip
 FIELDS = st.sampled_from(
     ["type", "req", "host", "port", "myaddr", "myport", "asynchronous", "sock", "name", "state",
-     "commands", "limit", "detail", "token", "pid", "reason", "status"]
+     "commands", "waiting", "limit", "detail", "token", "pid", "reason", "status"]
 ) | st.text(max_size=8)  # fmt: skip
 SCALARS = (
     st.none()
@@ -268,7 +281,9 @@ VALID = st.one_of(
     st.builds(p.Close, sock=st.integers(0, 2**53)),
     st.builds(p.RequestPolicy, req=st.integers(0, 2**53),
               name=POLICY_NAMES.filter(lambda n: n not in SHIPPED - {"home"})),
-    st.builds(p.Heartbeat, state=STATES, commands=st.integers(0, 2**63 - 1)),
+    st.builds(
+        p.Heartbeat, state=STATES, commands=st.integers(0, 2**63 - 1), waiting=st.booleans()
+    ),
     st.builds(p.LimitHit, limit=st.sampled_from(["commands", "cpu", ""]) | st.text(max_size=8),
               detail=st.text(max_size=40)),
     st.builds(p.Hello, token=st.text(max_size=70), pid=st.integers(-(2**31), 2**31)),
@@ -284,20 +299,28 @@ def test_well_framed_messages(
     fuzzed.still_serves()
 
 
+async def impostor(fuzzed: Fuzzed) -> tuple[Tclet, zmq.Socket[bytes]]:
+    """A tclet and a DEALER that said its hello before its worker was forked: the DEALER is
+    the tclet's peer (the worker, forked after, finds its routing id taken)."""
+    dealer = fuzzed.ctx.socket(zmq.DEALER)
+    with forks_held(fuzzed.host):
+        tclet = fuzzed.host.launch("after 20000 {exit 0}", policy="home", origin=ORIGIN, **quiet())
+        dealer.setsockopt(zmq.IDENTITY, tclet.id.encode())
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(fuzzed.endpoint)
+        dealer.send(p.encode(p.Hello(token=tclet.spec.token, pid=os.getpid())))
+        await until(lambda: tclet.state is not TcletState.STARTING, timeout=10)
+    return tclet, dealer
+
+
 def test_a_hello_with_the_real_token_reaches_the_tclet(fuzzed: Fuzzed) -> None:
     """The harness's premise: the fuzzing DEALER, not the worker, is the tclet's peer (its
     undecodable frame ends that tclet as a protocol violation)."""
     ended: list[str] = []
 
     async def scenario() -> None:
-        tclet = fuzzed.host.launch("after 20000 {exit 0}", policy="home", origin=ORIGIN, **quiet())
-        hold(tclet)
-        dealer = fuzzed.ctx.socket(zmq.DEALER)
-        dealer.setsockopt(zmq.IDENTITY, tclet.id.encode())
-        dealer.setsockopt(zmq.LINGER, 0)
-        dealer.connect(fuzzed.endpoint)
+        tclet, dealer = await impostor(fuzzed)
         try:
-            dealer.send(p.encode(p.Hello(token=tclet.spec.token, pid=os.getpid())))
             dealer.send(b"\xc1 not msgpack")
             result = await asyncio.wait_for(tclet.wait(), 10)
             ended.append(result.reason)
@@ -314,14 +337,8 @@ def test_a_legitimate_request_sequence_is_answered(fuzzed: Fuzzed) -> None:
     answers: list[p.HostMessage] = []
 
     async def scenario() -> None:
-        tclet = fuzzed.host.launch("after 20000 {exit 0}", policy="home", origin=ORIGIN, **quiet())
-        hold(tclet)
-        dealer = fuzzed.ctx.socket(zmq.DEALER)
-        dealer.setsockopt(zmq.IDENTITY, tclet.id.encode())
-        dealer.setsockopt(zmq.LINGER, 0)
-        dealer.connect(fuzzed.endpoint)
+        tclet, dealer = await impostor(fuzzed)
         try:
-            dealer.send(p.encode(p.Hello(token=tclet.spec.token, pid=os.getpid())))
             dealer.send(p.encode(p.Connect(req=7, host="10.1.2.3", port="1025")))
 
             def answered() -> bool:

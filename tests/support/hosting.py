@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from tcletd.api import Host
+from tcletd.host.tclet import Tclet
 from tcletd.worker.sandbox import read_limits
 
 
@@ -17,6 +18,12 @@ class Sinks(TypedDict):
 
     on_stdout: Callable[[bytes], None]
     on_stderr: Callable[[bytes], None]
+
+
+def worker_pid(tclet: Tclet) -> int:
+    """The pid of the tclet's worker, which must be forked by now (it printed, or is running)."""
+    assert tclet.worker is not None and tclet.worker.pid is not None, "its worker is not forked yet"
+    return tclet.worker.pid
 
 
 def _drop(_data: bytes) -> None:
@@ -62,7 +69,7 @@ def run_and_probe(
             if probe:
                 await asyncio.wait_for(ready.wait(), 20)
                 assert tclet.worker is not None
-                limits.update(read_limits(tclet.worker.pid))
+                limits.update(read_limits(worker_pid(tclet)))
                 await tclet.end("test over")
             return (await tclet.wait()).status
 

@@ -81,7 +81,7 @@ def tcletd_process(
     env: Mapping[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A running ``python -m tcletd ARGS`` in a session of its own, for tests that talk to it or
-    signal it; whatever is left of it (the host, its fork server, its workers) is killed by the
+    signal it; whatever is left of it (the host, its zygote, its workers) is killed by the
     process group's id on the way out. ``stdout``/``stderr``: a PIPE or a descriptor; ``env``:
     added to ours."""
     proc = subprocess.Popen(

@@ -38,7 +38,7 @@ class NoSocketLink:
         self.requests += 1
         raise RequestError(REACHED)
 
-    def heartbeat(self, state: str, commands: int) -> None:
+    def heartbeat(self, state: str, commands: int, waiting: bool = False) -> None:
         self.beats.append(commands)
 
     def limit_hit(self, limit: str, detail: str) -> None:

@@ -49,7 +49,7 @@ class Serving:
 @contextlib.contextmanager
 def serving(sock: Path, *args: str, nofile: int | None = None) -> Iterator[Serving]:
     """``tcletd serve --socket SOCK ARGS`` until it serves; ``nofile``: its RLIMIT_NOFILE. Its
-    session (the host, its fork server, its workers) is killed by the group's id afterwards."""
+    session (the host, its zygote, its workers) is killed by the group's id afterwards."""
 
     def limit() -> None:
         if nofile is not None:

@@ -1,6 +1,6 @@
 """The layers under the Safe Base, proved from inside real workers: network namespace, seccomp.
 
-Each worker comes from the real fork server through a :class:`Supervisor` and runs a probe
+Each worker comes from the real zygote through a :class:`Supervisor` and runs a probe
 (``tcletd.worker.probes``) where its script would start, once the whole sandbox is in place;
 the probe prints what the kernel let it do. A probe prefixed with ``no-seccomp`` runs without
 the filter, which shows the network namespace alone stops a connection, and that the tests
@@ -53,8 +53,8 @@ def run_probes(*probes: str) -> list[str]:
 
     async def main() -> list[str]:
         supervisor = Supervisor(grace=1.0)
-        supervisor.start()
         loop = asyncio.get_running_loop()
+        supervisor.start(loop)
         workers = []
         try:
             for i, probe in enumerate(probes):

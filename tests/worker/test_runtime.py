@@ -27,6 +27,7 @@ from support.waiting import wait_until
 from tcletd.shared.errors import RequestError
 from tcletd.shared.protocol import PolicyGranted
 from tcletd.worker.channels import probe
+from tcletd.worker.limits import WakeDetector
 from tcletd.worker.tclrt import TclRuntime
 
 pytestmark = pytest.mark.timeout(20)
@@ -45,6 +46,7 @@ class LocalBroker:
         self.listeners: dict[int, socket.socket] = {}
         self.runtime: TclRuntime | None = None
         self.beats: list[tuple[str, int, float]] = []  # (state, commands, monotonic time)
+        self.rests: list[tuple[str, int, float]] = []  # the same, for a report that it waits
         self.limits: list[tuple[str, str]] = []
         self._next = 100
 
@@ -128,8 +130,8 @@ class LocalBroker:
             0, name, self.policies[name], nofile=0, commands=commands, memory=0, cpu=0
         )
 
-    def heartbeat(self, state: str, commands: int) -> None:
-        self.beats.append((state, commands, time.monotonic()))
+    def heartbeat(self, state: str, commands: int, waiting: bool = False) -> None:
+        (self.rests if waiting else self.beats).append((state, commands, time.monotonic()))
 
     def limit_hit(self, limit: str, detail: str) -> None:
         self.limits.append((limit, detail))
@@ -951,21 +953,76 @@ def test_a_granted_policy_without_a_budget_lifts_it(capfd: pytest.CaptureFixture
     assert capfd.readouterr().out == "trusted\nsurvived\n"
 
 
+def _liveness(broker: LocalBroker, t0: float) -> list[tuple[float, str, int, bool]]:
+    """Every report, in order: (seconds since t0, state, commands, waiting)."""
+    reports = [(t - t0, s, c, False) for s, c, t in broker.beats]
+    reports += [(t - t0, s, c, True) for s, c, t in broker.rests]
+    return sorted(reports)
+
+
 def test_heartbeat_states_and_counts() -> None:
+    """A tclet waiting in its loop says so and is silent until an event wakes it; it says it
+    runs again as it wakes, while its script runs (script) and after it returned (idle)."""
     broker = LocalBroker()
+    t0 = time.monotonic()
     status, _, _ = run_tclet(
         "after 500 {set go 1}\nvwait go\nfor {set i 0} {$i < 1000} {incr i} {}\n"
         "after 500 {set done 1}",
         broker,
     )
     assert status == 0
-    states = [s for s, _, _ in broker.beats]
-    assert states[0] == "script" and states[-1] == "idle", states
-    assert states == ["script"] * states.count("script") + ["idle"] * states.count("idle")
-    assert 2 <= states.count("script") <= 3 and 2 <= states.count("idle") <= 3, states
-    script_count = max(c for s, c, _ in broker.beats if s == "script")
-    idle_count = min(c for s, c, _ in broker.beats if s == "idle")
+    reports = _liveness(broker, t0)
+    rests = [r for r in reports if r[3]]
+    # (Other tests' Tcl timers in this thread may wake it once more: not in a worker.)
+    assert {r[1] for r in rests} == {"script", "idle"}, reports
+    assert rests[0][1] == "script" and rests[0][0] < 0.45, reports  # rests soon in its vwait
+    for rest in rests:
+        after = reports[reports.index(rest) + 1 :]
+        assert after and not after[0][3], reports  # the next report says it runs again
+    # Silent while it waits for each `after 500`: woken when one fires, not before.
+    wakes = [r[0] for r in reports if not r[3]]
+    assert any(0.45 < t < 0.7 for t in wakes) and any(t > 0.95 for t in wakes), reports
+    script_count = max(c for _, s, c, _ in reports if s == "script")
+    idle_count = min(c for _, s, c, _ in reports if s == "idle")
     assert idle_count > script_count + 1000  # the loop between the two phases is counted
+
+
+def test_a_tclet_blocked_after_a_wake_stops_reporting() -> None:
+    """The wake is reported before the handler runs: a handler that blocks (a synchronous
+    ``after``) leaves the host hearing that it runs, then silence, which the host calls busy."""
+    broker = LocalBroker()
+    t0 = time.monotonic()
+    status, _, _ = run_tclet("after 300 {after 1500; set go 1}\nvwait go", broker)
+    assert status == 0
+    reports = _liveness(broker, t0)
+    before = [r for r in reports if r[0] < 0.35]
+    assert before and before[0][3] and not before[-1][3], reports  # rested, then woke
+    assert [r for r in reports if 0.35 < r[0] < 1.7] == [], reports  # silent while it blocks
+
+
+def test_a_rest_inside_update_is_taken_back() -> None:
+    """``update`` runs idle handlers, so the tclet may rest inside it; its next pass is a wake,
+    and the last word before the script blocks says it runs."""
+    broker = LocalBroker()
+    t0 = time.monotonic()
+    status, _, _ = run_tclet("after 300\nupdate\nafter 1000\n", broker)
+    assert status == 0
+    during = [r for r in _liveness(broker, t0) if r[0] < 1.2]
+    assert during and not during[-1][3], during
+
+
+def test_a_busy_event_loop_keeps_beating() -> None:
+    """A loop that is never idle (an ``after 0`` storm) never rests: it beats as before."""
+    broker = LocalBroker()
+    rt = TclRuntime(make_spec("proc tick {} {after 0 tick}\nafter 0 tick\nvwait forever"), broker)
+    broker.runtime = rt
+    rt.tk.after(1500, lambda: rt.stop(0))
+    try:
+        assert rt.run() == 0
+    finally:
+        broker.shutdown()
+    assert broker.rests == []
+    assert len(broker.beats) >= 5, broker.beats
 
 
 def test_heartbeat_cost(capfd: pytest.CaptureFixture[str]) -> None:
@@ -973,12 +1030,13 @@ def test_heartbeat_cost(capfd: pytest.CaptureFixture[str]) -> None:
     broker = LocalBroker()
     rt = TclRuntime(make_spec(""), broker)
     broker.runtime = rt
+    rt._wake = WakeDetector(rt.tk)
     rt.tk.call("::tcletd::Budget", rt.slave, "1000000")
     n = 2000
     t0 = time.perf_counter()
     for _ in range(n):
         rt.tk.call("::tcletd::Tighten")
-        rt._py_beat("1")
+        rt._py_beat("run", "1")
     per = (time.perf_counter() - t0) / n
     print(f"heartbeat work: {per * 1e6:.1f} us")
     assert per < 200e-6

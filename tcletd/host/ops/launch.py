@@ -17,8 +17,7 @@ from tcletd.shared.launch import LaunchRequest
 
 def detached(session: Session, request: LaunchRequest) -> Tclet:
     tclet = session.host.launch_request(request, client=session.client, detached=True)
-    pid = tclet.worker.pid if tclet.worker is not None else None
-    session.send({"event": "launched", "id": tclet.id, "pid": pid})
+    tclet.when_started(lambda pid: session.send({"event": "launched", "id": tclet.id, "pid": pid}))
     return tclet
 
 

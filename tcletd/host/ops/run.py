@@ -46,8 +46,7 @@ def attached(session: Session, request: LaunchRequest) -> Tclet:
         client=session.client,
     )
     session.adopt(tclet)
-    pid = tclet.worker.pid if tclet.worker is not None else None
-    session.send({"event": "started", "id": tclet.id, "pid": pid})
+    tclet.when_started(lambda pid: session.send({"event": "started", "id": tclet.id, "pid": pid}))
     return tclet
 
 

@@ -1,0 +1,165 @@
+"""Benchmark: a launch's latency, cold and from the warm pool, and how long a burst of launches
+through the control socket holds the host's event loop.
+
+    .venv/bin/python bench/bench_launch.py [--rounds N] [--warm K] [--burst B]
+
+- **launch → first script instruction**: from ``Host.launch`` to the worker's hello, which it
+  sends after its sandbox and right before the script's first command; ``--rounds`` launches of
+  ``exit 0`` one after another (0.1 s apart, so that the warm pool refills), on a host without a
+  warm pool and on one with ``--warm`` workers forked ahead; p50 and p90.
+- **the loop's longest stall during a burst**: a client thread sends ``--burst`` launch frames
+  at once on one control connection of an in-process host (each tclet opens no socket and
+  waits); every callback the loop runs meanwhile is timed (asyncio's ``Handle._run``, wrapped
+  in this process only), and the longest, the p99 and the count over 1 ms are reported.
+
+Nothing here leaves the machine; the host and its workers are ended before it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tcletd.api import Host
+from tcletd.host import tclet as tclet_module
+from tcletd.host.control import ControlServer
+from tcletd.shared.control import FrameReader, encode, hello
+from tcletd.shared.states import TcletState
+
+# Waits for the host to end it (a bare vwait with no event source is an error in Tcl 8.6).
+IDLE = b"after 3600000 {exit 0}; vwait forever"
+
+
+def _sink(_data: bytes) -> None:
+    pass
+
+
+def launch_to_hello(rounds: int, warm: int) -> list[float]:
+    """Milliseconds from ``Host.launch`` to the worker's hello, one launch after another."""
+    said: dict[str, float] = {}
+    move = tclet_module.Tclet._move
+
+    def moved(self: tclet_module.Tclet, state: TcletState) -> None:
+        if state is TcletState.SCRIPT and self.id not in said:
+            said[self.id] = time.perf_counter()
+        move(self, state)
+
+    async def main() -> list[float]:
+        async with Host(warm=warm) as host:
+            await host.run_tclet("exit 0", on_stdout=_sink, on_stderr=_sink)
+            await asyncio.sleep(0.3)  # the warm pool filled
+            out = []
+            for _ in range(rounds):
+                began = time.perf_counter()
+                tclet = host.launch("exit 0", on_stdout=_sink, on_stderr=_sink)
+                await tclet.wait()
+                out.append((said[tclet.id] - began) * 1000)
+                await asyncio.sleep(0.1)
+            return out
+
+    tclet_module.Tclet._move = moved  # type: ignore[method-assign]
+    try:
+        return asyncio.run(main())
+    finally:
+        tclet_module.Tclet._move = move  # type: ignore[method-assign]
+
+
+def _client(path: Path, burst: int, done: list[int]) -> None:
+    """Send ``burst`` launch frames at once; count the launched replies into ``done``."""
+    frame = encode({"op": "launch", "script_name": "idle.tcl"}, IDLE)
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.connect(str(path))
+        sender = threading.Thread(target=conn.sendall, args=(hello() + frame * burst,))
+        sender.start()
+        reader = FrameReader(1 << 20)
+        while done[0] < burst:
+            data = conn.recv(1 << 16)
+            if not data:
+                break
+            for header, _ in reader.feed(data):
+                if header.get("event") == "launched":
+                    done[0] += 1
+                elif header.get("event") == "error":
+                    raise SystemExit(f"launch refused: {header.get('message')}")
+        sender.join()
+
+
+def burst_stalls(burst: int, warm: int) -> tuple[list[float], float]:
+    """Every callback's duration (ms) while ``burst`` launches come in, and the burst's wall."""
+    durations: list[float] = []
+    run: Callable[[Any], None] = asyncio.events.Handle._run
+
+    def timed(handle: Any) -> None:
+        began = time.perf_counter()
+        run(handle)
+        durations.append((time.perf_counter() - began) * 1000)
+
+    async def main() -> float:
+        with tempfile.TemporaryDirectory(prefix="bench-launch-") as tmp:
+            path = Path(tmp) / "control.sock"
+            host = Host(max_workers=burst + 10, max_sockets=4 * burst + 100, warm=warm, penalty=0)
+            async with host:
+                server = ControlServer(host, path)
+                await server.start()
+                await host.run_tclet("exit 0", on_stdout=_sink, on_stderr=_sink)
+                done = [0]
+                durations.clear()
+                asyncio.events.Handle._run = timed  # type: ignore[method-assign,assignment]
+                began = time.perf_counter()
+                try:
+                    await asyncio.to_thread(_client, path, burst, done)
+                    wall = time.perf_counter() - began
+                finally:
+                    asyncio.events.Handle._run = run  # type: ignore[method-assign,assignment]
+                server.stop_accepting()
+                await server.drain()
+                return wall
+
+    return durations, asyncio.run(main())
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=40, help="launches timed one by one (40)")
+    parser.add_argument("--warm", type=int, default=4, help="the warm pool's size (4)")
+    parser.add_argument("--burst", type=int, default=500, help="launches in the burst (500)")
+    args = parser.parse_args(argv)
+
+    print("| launch → first script instruction | p50 | p90 |")
+    print("|---|---|---|")
+    for label, warm in (("cold (no warm pool)", 0), (f"warm pool of {args.warm}", args.warm)):
+        times = launch_to_hello(args.rounds, warm)
+        print(f"| {label} | {statistics.median(times):.1f} ms | {_pct(times, 0.9):.1f} ms |")
+    durations, wall = burst_stalls(args.burst, 0)
+    over = sum(1 for d in durations if d > 1.0)
+    print()
+    print(
+        f"| burst of {args.burst} launches | longest callback | p99 | callbacks over 1 ms | wall |"
+    )
+    print("|---|---|---|---|---|")
+    print(
+        f"| {len(durations)} callbacks | {max(durations):.2f} ms | {_pct(durations, 0.99):.2f} ms "
+        f"| {over} | {wall:.2f} s |"
+    )
+    print(
+        f"reproduce: .venv/bin/python bench/bench_launch.py --rounds {args.rounds} "
+        f"--warm {args.warm} --burst {args.burst}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
