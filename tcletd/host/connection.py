@@ -272,7 +272,9 @@ class ControlConnection(asyncio.Protocol):
         return sink
 
     def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
-        if self._transport is not None and not self._transport.is_closing():
+        # Not once failed: its write side is shut (write_eof), and a frame decided before the
+        # failure may still come (a launch's reply waits for the fork).
+        if self._transport is not None and not self._transport.is_closing() and not self.closing:
             self._transport.write(encode(header, payload))
 
     async def drained(self) -> None:
@@ -323,9 +325,9 @@ class ControlConnection(asyncio.Protocol):
         a reset that can overtake the error. Whatever else it sends is ignored; the link goes
         when the client closes, or after FAILED_LINGER seconds.
         """
-        self.closing = True
         self._release()
         self.send({"event": "error", "message": message, "status": status})
+        self.closing = True
         transport = self._transport
         if transport is not None and not transport.is_closing():
             if self._paused:
@@ -336,9 +338,9 @@ class ControlConnection(asyncio.Protocol):
 
     def hang_up(self, message: str) -> None:
         """Evict or refuse: tell the client why and close now (its slot is wanted)."""
-        self.closing = True
         self._release()
         self.send({"event": "error", "message": message, "status": EXIT_TEMPFAIL})
+        self.closing = True
         if self._transport is not None:
             self._transport.close()  # after what is queued: the error goes first
 

@@ -342,3 +342,32 @@ def test_a_run_on_a_resident_host_imports_no_host_engine_or_msgspec(tmp_path: Pa
     # Of the policy package, only its lazy face and the actions registry (for --action's choices).
     policy = [m for m in modules if m.startswith("tcletd.policy")]
     assert policy == ["tcletd.policy", "tcletd.policy.actions"], policy
+
+
+def test_a_reply_decided_before_the_connection_failed_is_not_written_after_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A launch's reply waits for the fork; a bad frame right behind it fails the connection
+    (its write side shut) first. The reply is dropped, not written into the shut side (which
+    raised in the host's loop), and the tclet still starts: it is the host's."""
+
+    async def scenario() -> tuple[list[dict[str, Any]], str]:
+        async with Host() as host:
+            reader, writer = await _client(host)
+            launch = encode({"op": "launch", "script_name": "s.tcl"}, b"after 200 {exit 3}")
+            writer.write(launch + encode({"op": "nope"}))
+            frames, got = FrameReader(1 << 20), []  # type: FrameReader, list[dict[str, Any]]
+            await _frames_until(reader, frames, got, lambda f: False)
+            await asyncio.sleep(0.3)  # the fork, and the reply it would have sent
+            (entry,) = host.list(all=True)
+            result = await host.wait(str(entry["id"]))
+            writer.close()
+            return got, f"{result.status}"
+
+    with caplog.at_level("ERROR"):
+        got, status = asyncio.run(scenario())
+    assert got[-1]["event"] == "error" and "unknown op" in got[-1]["message"], got
+    assert status == "3"  # the detached tclet ran to its end
+    # The loop's exception handler logs what a callback raised, with the traceback apart.
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert not errors, [(r.getMessage(), r.exc_info) for r in errors]
