@@ -79,7 +79,14 @@ def _layers(_args: list[str]) -> str:
             key, _, value = line.decode("ascii", "replace").partition(":")
             status[key] = value.strip()
     ns = os.stat("/proc/self/ns/net").st_ino
-    return f"netns={ns} seccomp={status.get('Seccomp')} filters={status.get('Seccomp_filters')}"
+    # How the filter was made: compiled once in the zygote (a template) or by this worker.
+    from tcletd.worker import seccomp
+
+    made = "once" if "compiled once" in seccomp.state.detail else "here"
+    return (
+        f"netns={ns} seccomp={status.get('Seccomp')} filters={status.get('Seccomp_filters')} "
+        f"compiled={made}"
+    )
 
 
 def _alloc(args: list[str]) -> str:

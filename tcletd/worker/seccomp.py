@@ -37,10 +37,15 @@ error code. What is refused, and why:
   would need a second test on the same argument, which libseccomp refuses in one rule.
 
 Cost, measured with ``bench/bench_layers.py`` on this 2-core VM: building and loading the filter
-takes 1.2-1.8 ms p50 in a freshly forked worker. Building it in the parent beforehand (then
-multiprocess's fork server) was no faster (1.27 vs 1.21 ms p50, 40 workers each: libseccomp
-snapshots its rule database on every rule added, and the child's copy-on-write faults dominate),
-so each worker builds its own. A
+through libseccomp takes 1.2-1.8 ms p50 in a freshly forked worker. Building the libseccomp
+context in the parent beforehand was no faster (1.27 vs 1.21 ms p50, 40 workers each:
+libseccomp snapshots its rule database on every rule added, and the child's copy-on-write
+faults dominate). So the zygote compiles the filter once instead (:func:`prepare`): libseccomp
+exports the BPF program with a mark where the worker's pid goes, checked to be the only place
+the pid appears (a program compiled with another mark must differ exactly there); a worker
+writes its pid over the marks and loads the program itself (``seccomp(SECCOMP_SET_MODE_FILTER,
+SECCOMP_FILTER_FLAG_TSYNC)``, after ``PR_SET_NO_NEW_PRIVS``, as libseccomp does). Where the
+check fails, or off x86-64, each worker builds its own as before. A
 cheap system call costs the same under the filter (``getppid`` 304-377 ns against 301-343 ns
 without, within the noise): the kernel's per-filter action cache lets calls that no rule tests
 through without running it.
@@ -51,13 +56,16 @@ thread's ``/proc/self/task/TID/status`` says ``Seccomp: 2`` and ``Seccomp_filter
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
+import platform
+import struct
 from typing import Any
 
 from tcletd.worker.netns import Layer
 
-__all__ = ["SKIP_WORD", "load", "rules", "state", "unavailable"]
+__all__ = ["SKIP_WORD", "load", "prepare", "rules", "state", "unavailable"]
 
 SKIP_WORD = "no-seccomp"
 """Test-only: a ``WorkerSpec.probe`` that starts with this word runs without the filter, so a
@@ -131,6 +139,21 @@ _CLONE_NEW = {
 
 _PER_QUERY = 0xFFFFFFFF
 
+# Stand-ins for the worker's pid in the compiled template: no pid is this large (pid_max is at
+# most 2**22), and no other constant of the filter is either.
+_PID_MARKS = (0x3FFFFF01, 0x3FFFFF02)
+_INSN = struct.Struct("=HBBI")  # struct sock_filter: code, jt, jf, k
+_SYS_SECCOMP = {"x86_64": 317}  # the seccomp(2) system call, where the template is loaded
+_SECCOMP_SET_MODE_FILTER = 1
+_SECCOMP_FILTER_FLAG_TSYNC = 1
+_PR_SET_NO_NEW_PRIVS = 38
+_template: bytes | None = None
+"""The filter compiled once (in the zygote), the worker's pid marked with ``_PID_MARKS[0]``."""
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
 
 Rule = tuple[str, str, tuple[Any, ...]]
 
@@ -158,6 +181,53 @@ def _fixed_rules() -> list[Rule]:
     # libseccomp takes one test per argument in a rule (two: EINVAL), so only the query stays.
     out.append(("EPERM", "personality", (s.Arg(0, s.NE, _PER_QUERY),)))
     return out
+
+
+def prepare() -> bool:
+    """Compile the filter once, for every worker forked from here; False if it cannot be (each
+    worker then builds its own)."""
+    global _template
+    if _seccomp is None or platform.machine() not in _SYS_SECCOMP:
+        return False
+    try:
+        first, second = (_export(rules(mark)) for mark in _PID_MARKS)
+    except (OSError, ValueError, RuntimeError):
+        return False
+    if len(first) % _INSN.size or _marked(first, _PID_MARKS[1]) != second:
+        return False  # the pid is not only where the mark is: not a template
+    _template = first
+    return True
+
+
+def _export(made: list[Rule]) -> bytes:
+    fd = os.memfd_create("tcletd-seccomp", os.MFD_CLOEXEC)
+    with open(fd, "w+b") as program:
+        _filter(made).export_bpf(program)
+        program.seek(0)
+        return program.read()
+
+
+def _marked(program: bytes, value: int) -> bytes:
+    """``program`` with ``value`` for every instruction's constant that is the first mark."""
+    out = bytearray()
+    for code, jt, jf, k in _INSN.iter_unpack(program):
+        out += _INSN.pack(code, jt, jf, value if k == _PID_MARKS[0] else k)
+    return bytes(out)
+
+
+def _load_program(program: bytes) -> None:
+    """Load a compiled filter on every thread (TSYNC), as libseccomp's load does."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS refused")
+    buf = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // _INSN.size, ctypes.cast(buf, ctypes.c_void_p))
+    number = _SYS_SECCOMP[platform.machine()]
+    rc = libc.syscall(
+        number, _SECCOMP_SET_MODE_FILTER, _SECCOMP_FILTER_FLAG_TSYNC, ctypes.byref(fprog)
+    )
+    if rc != 0:  # -1 and errno, or the id of a thread that could not be synchronised
+        raise OSError(ctypes.get_errno() if rc < 0 else errno.EBUSY, "seccomp() refused")
 
 
 def _filters() -> tuple[int, list[int]]:
@@ -189,7 +259,10 @@ def load() -> Layer:
     try:
         before, _modes = _filters()
         made = rules(os.getpid())
-        _filter(made).load()
+        if _template is not None:
+            _load_program(_marked(_template, os.getpid()))
+        else:
+            _filter(made).load()
         after, modes = _filters()
     except (OSError, ValueError, RuntimeError) as exc:
         state = Layer(False, f"the filter could not be loaded: {exc}")
@@ -197,7 +270,10 @@ def load() -> Layer:
     if after <= before or not modes or any(m != 2 for m in modes):
         state = Layer(False, f"loaded, but the kernel reports modes {modes}, {after} filters")
     else:
-        state = Layer(True, f"filter mode, {len(made)} rules, TSYNC on {len(modes)} threads")
+        how = "compiled once" if _template is not None else "compiled here"
+        state = Layer(
+            True, f"filter mode, {len(made)} rules ({how}), TSYNC on {len(modes)} threads"
+        )
     return state
 
 

@@ -68,10 +68,12 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the host's Ctrl-C is the host's to handle
     _quiet_standard_streams()
     from tcletd.worker import main as worker
+    from tcletd.worker import seccomp
     from tcletd.worker.channels import probe
     from tcletd.worker.tclrt import prepare_interp
 
     prepared = prepare_interp()
+    seccomp.prepare()  # the filter compiled once; a worker only writes its pid in
     with contextlib.suppress(Exception):  # a worker that cannot bind says so itself
         probe(prepared)  # binds the Tcl C API once, for every worker
     threads = len(os.listdir("/proc/self/task"))

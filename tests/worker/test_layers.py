@@ -108,6 +108,9 @@ def test_each_worker_has_its_own_namespace_and_a_filter_on_every_thread() -> Non
     assert first["netns"] != host_ns and second["netns"] != host_ns
     assert first["netns"] != second["netns"]  # one namespace per worker, not one for all
     assert first["seccomp"] == "2" and int(first["filters"]) >= 1
+    # The zygote compiled the filter once; each worker wrote its own pid in (the kill tests
+    # below check that pid: signals to itself pass, to anyone else fail).
+    assert first["compiled"] == second["compiled"] == "once"
     assert bare["seccomp"] == "0" and bare["netns"] != host_ns
 
 
