@@ -98,15 +98,18 @@ class ControlConnection(asyncio.Protocol):
         self.starved = False  # accepted on the reserve descriptor, the host out of them
         self.greeted = False  # its hello has come, naming our protocol version
         self.pending = False  # a run's script is being fetched: no second run
+        self.replies_due = 0  # launches whose reply waits for their worker's fork
         self._tasks: set[asyncio.Task[None]] = set()  # its streaming requests
         self._writable = asyncio.Event()
         self._writable.set()
 
     @property
     def idle(self) -> bool:
-        """Whether it has no tclet and no streaming request (it may be closed after
+        """Whether it has no tclet, no streaming request and no reply due (it may be closed after
         ``idle_deadline`` without a request)."""
-        return self.tclet is None and not self._tasks and not self.pending
+        # A client waiting for replies is not idle: a burst's forks can take longer than the
+        # idle deadline on a machine busy starting the burst (3,000 launches at once here).
+        return self.tclet is None and not self._tasks and not self.pending and not self.replies_due
 
     @property
     def working(self) -> bool:

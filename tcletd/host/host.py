@@ -27,7 +27,13 @@ from tcletd.host.factory import MAX_WARM
 from tcletd.host.hub import Hub
 from tcletd.host.ids import TcletIds
 from tcletd.host.outputlog import DEFAULT_KEEP, OutputLog
-from tcletd.host.quotas import HostFull, HostTotals, ceilings, workers_message
+from tcletd.host.quotas import (
+    HostFull,
+    HostTotals,
+    ceilings,
+    descriptors_short,
+    workers_message,
+)
 from tcletd.host.registry import DEFAULT_KEEP_ENDED, TcletTable
 from tcletd.host.resolver import Resolver, nameservers_from
 from tcletd.host.rundir import RunDir, reclaim
@@ -314,6 +320,8 @@ class Host(TcletVerbs):
             raise ConfigError(problem, key="origin")
         if self._totals.workers >= self._totals.max_workers:
             raise HostFull(workers_message(self._totals.max_workers))
+        if (short := descriptors_short(self._totals)) is not None:
+            raise HostFull(short)
         fixed = policy is not None or request.policy is not None
         if policy is None:
             name = request.policy if request.policy is not None else DEFAULT_POLICY

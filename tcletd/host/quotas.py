@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import resource
 import socket
 import struct
 from collections.abc import Sequence
@@ -94,6 +95,35 @@ def sockets_message(limit: float, *, host: bool = False) -> str:
 
 def workers_message(limit: int) -> str:
     return f"too many tclets on this host (limit {limit})"
+
+
+# What a tclet costs the host in descriptors besides its sockets' duplicates (one each): while
+# its launch is on its way, both ends of its three socketpairs and its spec's memfd (7); once
+# forked, its three ends, its worker's pidfd and its ROUTER connection (5). Counted at the
+# most, since a burst has many launches on their way at once.
+DESCRIPTORS_PER_TCLET = 7
+# The host's own, kept out of the tclets' reach (control clients, the zygote's socket, the
+# resolver, logs, the run directory): this many, or a quarter of a smaller limit's.
+DESCRIPTORS_RESERVED = 128
+
+
+def descriptors_short(totals: HostTotals) -> str | None:
+    """Why one more tclet would take the host past its descriptor limit, or None: refused
+    here, before a descriptor it needs (a socketpair, a pidfd, a connection libzmq accepts in
+    its own thread) fails somewhere a refusal cannot be said as clearly."""
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if limit == resource.RLIM_INFINITY:
+        return None
+    reserved = min(DESCRIPTORS_RESERVED, limit // 4)
+    need = (totals.workers + 1) * DESCRIPTORS_PER_TCLET + totals.sockets + reserved
+    if need <= limit:
+        return None
+    return (
+        f"the host is out of file descriptors (its limit is {limit}; {totals.workers} tclets "
+        f"and {totals.sockets} sockets hold about {need - DESCRIPTORS_PER_TCLET}): a tclet "
+        f"costs it {DESCRIPTORS_PER_TCLET}, and one more per socket; try again when tclets "
+        "have ended"
+    )
 
 
 def bytes_message(quota: str, limit: int) -> str:

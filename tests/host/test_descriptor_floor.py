@@ -19,6 +19,7 @@ from support.hosting import quiet, worker_pid
 from support.net import TcpServer
 
 from tcletd.api import Host, HostFull
+from tcletd.host.quotas import DESCRIPTORS_PER_TCLET, DESCRIPTORS_RESERVED
 from tcletd.host.tclet import Tclet
 
 pytestmark = pytest.mark.timeout(120)
@@ -96,3 +97,38 @@ def test_a_launch_out_of_descriptors_is_refused_not_a_crash() -> None:
 
     message = asyncio.run(scenario())
     assert message.startswith("the host is out of file descriptors"), message
+
+
+def test_the_host_counts_its_descriptors_and_refuses_the_launch_that_would_pass_them() -> None:
+    """With room for N tclets in its descriptor limit, launch N+1 is refused (HostFull, the
+    same words as for an actual shortage) before anything runs short, and a launch is admitted
+    again once a tclet has ended."""
+    limit = 320
+    room = (limit - min(DESCRIPTORS_RESERVED, limit // 4)) // DESCRIPTORS_PER_TCLET
+
+    async def scenario() -> tuple[str, int]:
+        async with Host(max_workers=room + 10) as host:
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+            try:
+                held = [
+                    host.launch("after 20000 {exit 0}", policy="trusted", **quiet())
+                    for _ in range(room)
+                ]
+                with pytest.raises(HostFull) as info:
+                    host.launch("exit 0", policy="trusted", **quiet())
+                # Not a shortage yet: the descriptors it counted are not all in use.
+                assert len(os.listdir("/proc/self/fd")) < limit
+                await held[0].end("making room")
+                await held[0].wait()
+                again = await host.run_tclet("exit 5", policy="trusted", **quiet())
+                for tclet in held[1:]:
+                    await tclet.end("test over")
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            return str(info.value), again.status
+
+    message, status = asyncio.run(scenario())
+    assert message.startswith("the host is out of file descriptors"), message
+    assert f"its limit is {limit}" in message
+    assert status == 5

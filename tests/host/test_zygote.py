@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
+from typing import Any
 
 import pytest
 from support.hosting import quiet, worker_pid
@@ -14,8 +16,11 @@ from support.system import pid_alive
 from support.waiting import until
 
 from tcletd.api import Host
+from tcletd.host.bounds import Bounds
+from tcletd.host.control import ControlServer
 from tcletd.host.factory import Zygote
 from tcletd.host.tclet import Tclet
+from tcletd.shared.control import FrameReader, encode, hello
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -154,3 +159,38 @@ def test_a_launch_the_lost_zygote_never_answered_ends_with_the_reason() -> None:
             assert host._services is not None and not host._services.hub._peers
 
     asyncio.run(scenario())
+
+
+def test_a_client_waiting_for_a_launch_reply_is_not_evicted_as_idle(tmp_path: Path) -> None:
+    """A launch's reply waits for the fork; a client that sent its launches and waits for the
+    replies is not idle, however long the forks take (the zygote held here past the idle
+    deadline, as a machine busy starting thousands of tclets holds it)."""
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with Host() as host:
+            assert (await host.run_tclet("puts warm", **quiet())).status == 0
+            path = tmp_path / "control.sock"
+            server = ControlServer(host, path, bounds=Bounds(idle_deadline=0.3))
+            await server.start()
+            zygote = _zygote(host)
+            reader, writer = await asyncio.open_unix_connection(str(path))
+            os.kill(zygote.process.pid, signal.SIGSTOP)
+            try:
+                launch = encode({"op": "launch", "script_name": "s.tcl"}, b"exit 0")
+                writer.write(hello() + launch)
+                await asyncio.sleep(1.2)  # four idle deadlines
+            finally:
+                os.kill(zygote.process.pid, signal.SIGCONT)
+            frames, got = FrameReader(1 << 20), []  # type: FrameReader, list[dict[str, Any]]
+            while not any(f.get("event") in ("launched", "error") for f in got):
+                data = await asyncio.wait_for(reader.read(65536), 10)
+                assert data, got
+                got += [header for header, _ in frames.feed(data)]
+            writer.close()
+            server.stop_accepting()
+            await server.drain()
+            return got
+
+    got = asyncio.run(scenario())
+    assert [f["event"] for f in got] == ["hello", "launched"], got
+    assert isinstance(got[-1]["pid"], int)

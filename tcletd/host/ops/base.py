@@ -25,6 +25,7 @@ class Session(Protocol):
     client: dict[str, int]  # the client's pid and uid, as the kernel saw them at connect
     greeted: bool  # its hello named the host's protocol version
     pending: bool  # a run's script is being fetched
+    replies_due: int  # launches whose reply waits for their worker's fork
 
     def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
         """Queue a frame for the client."""

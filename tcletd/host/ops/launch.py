@@ -17,7 +17,13 @@ from tcletd.shared.launch import LaunchRequest
 
 def detached(session: Session, request: LaunchRequest) -> Tclet:
     tclet = session.host.launch_request(request, client=session.client, detached=True)
-    tclet.when_started(lambda pid: session.send({"event": "launched", "id": tclet.id, "pid": pid}))
+    session.replies_due += 1
+
+    def reply(pid: int | None) -> None:
+        session.replies_due -= 1
+        session.send({"event": "launched", "id": tclet.id, "pid": pid})
+
+    tclet.when_started(reply)
     return tclet
 
 
