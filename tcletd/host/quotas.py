@@ -98,10 +98,10 @@ def workers_message(limit: int) -> str:
 
 
 # What a tclet costs the host in descriptors besides its sockets' duplicates (one each): while
-# its launch is on its way, both ends of its three socketpairs and its spec's memfd (7); once
-# forked, its three ends, its worker's pidfd and its ROUTER connection (5). Counted at the
-# most, since a burst has many launches on their way at once.
-DESCRIPTORS_PER_TCLET = 7
+# its launch is on its way, both ends of its three socketpairs and its spec's memfd; once
+# forked, its three ends, its worker's pidfd and its ROUTER connection.
+DESCRIPTORS_STARTING = 7
+DESCRIPTORS_PER_TCLET = 5
 # The host's own, kept out of the tclets' reach (control clients, the zygote's socket, the
 # resolver, logs, the run directory): this many, or a quarter of a smaller limit's.
 DESCRIPTORS_RESERVED = 128
@@ -115,14 +115,19 @@ def descriptors_short(totals: HostTotals) -> str | None:
     if limit == resource.RLIM_INFINITY:
         return None
     reserved = min(DESCRIPTORS_RESERVED, limit // 4)
-    need = (totals.workers + 1) * DESCRIPTORS_PER_TCLET + totals.sockets + reserved
-    if need <= limit:
+    held = (
+        (totals.workers - totals.starting) * DESCRIPTORS_PER_TCLET
+        + totals.starting * DESCRIPTORS_STARTING
+        + totals.sockets
+        + reserved
+    )
+    if held + DESCRIPTORS_STARTING <= limit:
         return None
     return (
         f"the host is out of file descriptors (its limit is {limit}; {totals.workers} tclets "
-        f"and {totals.sockets} sockets hold about {need - DESCRIPTORS_PER_TCLET}): a tclet "
-        f"costs it {DESCRIPTORS_PER_TCLET}, and one more per socket; try again when tclets "
-        "have ended"
+        f"and {totals.sockets} sockets hold about {held}): a tclet costs it "
+        f"{DESCRIPTORS_PER_TCLET} ({DESCRIPTORS_STARTING} while it starts), and one more per "
+        "socket; try again when tclets have ended"
     )
 
 
@@ -186,6 +191,7 @@ class HostTotals:
     max_sockets: int
     workers: int = 0
     sockets: int = 0
+    starting: int = 0  # of the workers, those whose fork has not come yet
 
 
 @dataclass

@@ -164,6 +164,7 @@ class Tclet:
         # launch of a host also waits for its zygote's start).
         self.launched_at = self._last_beat = time.monotonic()
         services.totals.workers += 1
+        services.totals.starting += 1
         services.tclets[self.id] = self
         self.sockets.attach(self.worker.fdsock)
         self.worker.started.add_done_callback(lambda _: self._started(boxed, audit))
@@ -182,6 +183,7 @@ class Tclet:
         ``worker.started`` (a client's ``started`` frame) hears of it before any output."""
         worker = self.worker
         assert worker is not None
+        self.services.totals.starting -= 1
         self._last_beat = time.monotonic()
         self._audit("launch", pid=worker.pid, script=self.spec.script_name, **audit)
         if worker.failure is not None:

@@ -19,7 +19,7 @@ from support.hosting import quiet, worker_pid
 from support.net import TcpServer
 
 from tcletd.api import Host, HostFull
-from tcletd.host.quotas import DESCRIPTORS_PER_TCLET, DESCRIPTORS_RESERVED
+from tcletd.host.quotas import DESCRIPTORS_RESERVED, DESCRIPTORS_STARTING
 from tcletd.host.tclet import Tclet
 
 pytestmark = pytest.mark.timeout(120)
@@ -104,7 +104,8 @@ def test_the_host_counts_its_descriptors_and_refuses_the_launch_that_would_pass_
     same words as for an actual shortage) before anything runs short, and a launch is admitted
     again once a tclet has ended."""
     limit = 320
-    room = (limit - min(DESCRIPTORS_RESERVED, limit // 4)) // DESCRIPTORS_PER_TCLET
+    # Launched in one go: every one of them is still on its way when the last is asked for.
+    room = (limit - min(DESCRIPTORS_RESERVED, limit // 4)) // DESCRIPTORS_STARTING
 
     async def scenario() -> tuple[str, int]:
         async with Host(max_workers=room + 10) as host:
@@ -124,6 +125,7 @@ def test_the_host_counts_its_descriptors_and_refuses_the_launch_that_would_pass_
                 again = await host.run_tclet("exit 5", policy="trusted", **quiet())
                 for tclet in held[1:]:
                     await tclet.end("test over")
+                assert host._totals.starting == 0  # every fork that came was counted off
             finally:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
             return str(info.value), again.status

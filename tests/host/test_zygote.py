@@ -156,6 +156,7 @@ def test_a_launch_the_lost_zygote_never_answered_ends_with_the_reason() -> None:
             assert result.reason.startswith("cannot start its worker: the zygote exited"), result
             assert tclet.worker is not None and tclet.worker.pid is None
             assert not host.status()  # released: no live entry, no registered peer
+            assert host._totals.starting == 0  # a failed start is counted off too
             assert host._services is not None and not host._services.hub._peers
 
     asyncio.run(scenario())
