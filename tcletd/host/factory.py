@@ -105,6 +105,8 @@ class Zygote:
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Read what the zygote says from ``loop`` (once, before the first spawn)."""
+        # The wire's module binds here, not at import: msgspec's import would hold back the
+        # zygote's start, which the CLI makes its first step (every later use follows this).
         global wire
         from tcletd.shared import spawn as wire
 
