@@ -43,7 +43,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from bench_sockets import REPO, background, resident_host, run_bounded  # bench/ on sys.path
+from benchproc import REPO, background, resident_host, run_bounded  # bench/ on sys.path
 
 HOST = "127.0.0.1"
 # The window's start is this far after the driver asks: launches (K tclets on a loaded 2-core

@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from bench_sockets import HELLO, background, tcletd_command  # bench/ on sys.path
+from benchproc import HELLO, background, tcletd_command  # bench/ on sys.path
 
 TARGETS = {"embedded": "<= 120", "resident": "<= 50"}
 
@@ -53,7 +53,7 @@ def tcletd(module: bool) -> list[str]:
 @contextlib.contextmanager
 def resident(command: Sequence[str], directory: str) -> Iterator[str]:
     """A ``tcletd serve`` on a socket in ``directory``, ended by its PID when done (by
-    :func:`bench_sockets.background`, as ``env`` execs it: the same process); the socket."""
+    :func:`benchproc.background`, as ``env`` execs it: the same process); the socket."""
     sock = str(Path(directory) / "control.sock")
     unset = ["env", "-u", "PYTHONDONTWRITEBYTECODE", "-u", "TCLETD_HOST"]  # as _environment()
     with background([*unset, *command, "serve", "--socket", sock], ready_on_stderr=True) as line:

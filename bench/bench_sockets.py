@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -37,8 +35,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-HELLO = REPO / "examples" / "hello.tcl"
+from benchproc import (  # bench/ on sys.path
+    HELLO,
+    background,
+    resident_host,
+    run_bounded,
+    tcletd_command,
+)
+
 HOST = "127.0.0.1"
 CHUNK = 65536
 
@@ -203,36 +207,6 @@ def serve() -> int:
 
 
 @contextlib.contextmanager
-def background(cmd: Sequence[str], *, ready_on_stderr: bool = False) -> Iterator[str]:
-    """A helper process in a session of its own, and the first line it prints (it is ready).
-
-    On the way out it is asked to stop (stdin closed, SIGTERM), then killed by its group's id.
-    """
-    proc = subprocess.Popen(
-        list(cmd),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL if ready_on_stderr else subprocess.PIPE,
-        stderr=subprocess.PIPE if ready_on_stderr else None,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stream = proc.stderr if ready_on_stderr else proc.stdout
-        assert stream is not None
-        yield stream.readline()
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-@contextlib.contextmanager
 def server_process() -> Iterator[int]:
     """The bench server (``--serve``) in its own process; its port."""
     with background([sys.executable, __file__, "--serve"]) as line:
@@ -255,12 +229,6 @@ class Runtime:
         return [*self.prefix, str(script), *self.separator, *argv]
 
 
-def tcletd_command() -> list[str]:
-    """The installed ``tcletd`` script, as users run it (else ``python -m tcletd``)."""
-    script = Path(sys.executable).parent / "tcletd"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "tcletd"]
-
-
 def runtimes(tclsh: str, include_tcletd: bool, resident: str | None) -> list[Runtime]:
     """tclsh; ``tcletd run`` on an embedded host; ``tcletd run --host`` on a resident one."""
     out = [Runtime("tclsh", [tclsh], [])]
@@ -273,20 +241,6 @@ def runtimes(tclsh: str, include_tcletd: bool, resident: str | None) -> list[Run
             command = [*tcletd_command(), "run", "--host", resident, *options]
             out.append(Runtime("resident", command, ["--"]))
     return out
-
-
-@contextlib.contextmanager
-def resident_host(
-    run_dir: Path, *serve_args: str, tcletd: Sequence[str] | None = None
-) -> Iterator[str]:
-    """A ``tcletd serve`` (with ``serve_args``; ``tcletd``: the command, by default the
-    installed script) for the resident runtime; its control socket's path."""
-    sock = run_dir / "control.sock"
-    command = [*(tcletd or tcletd_command()), "serve", "--socket", str(sock), *serve_args]
-    with background(command, ready_on_stderr=True) as line:
-        if not line.startswith("tcletd: serving on"):
-            raise RuntimeError(f"tcletd serve did not start: {line!r}")
-        yield str(sock)
 
 
 @dataclass
@@ -308,26 +262,6 @@ class Metric:
     def median(self, runtime: str) -> float | None:
         vals = self.values.get(runtime)
         return statistics.median(vals) if vals else None
-
-
-def run_bounded(cmd: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    """subprocess.run with the child in its own group, killed by PID on timeout."""
-    proc = subprocess.Popen(
-        list(cmd),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        return subprocess.CompletedProcess(cmd, -signal.SIGKILL, out, err + "\n[timed out]")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def parse_results(stdout: str) -> dict[str, float]:
