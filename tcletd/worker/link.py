@@ -37,6 +37,7 @@ import zmq
 
 from tcletd.shared import protocol as p
 from tcletd.shared.errors import RequestError
+from tcletd.worker.sandbox import descriptors
 
 if TYPE_CHECKING:
     from tcletd.worker.tclrt import TclRuntime
@@ -69,12 +70,12 @@ class Link:
         # Bounded linger: a Close sent just before exit should still leave, but never hang exit.
         self._dealer.setsockopt(zmq.LINGER, 200)
         # Watched from before the connect, so that its event cannot come before we listen.
-        before = _descriptors()
+        before = descriptors()
         self._monitor: zmq.Socket[bytes] | None = self._dealer.get_monitor_socket(
             zmq.EVENT_CONNECTED
         )
         # The monitor's own descriptors (a mailbox per PAIR socket), to see them closed later.
-        self._monitor_fds = {fd: ino for fd, ino in _descriptors().items() if fd not in before}
+        self._monitor_fds = {fd: ino for fd, ino in descriptors().items() if fd not in before}
         self._dealer.connect(spec.endpoint)
         self._poller = zmq.Poller()
         self._poller.register(self._dealer, zmq.POLLIN)
@@ -307,16 +308,6 @@ class Link:
         self._send(p.LimitHit(limit=limit[: p.MAX_WORD], detail=detail[: p.MAX_WORD]))
 
 
-def _descriptors() -> dict[int, int]:
-    """Each open descriptor's inode, by number: a number libzmq reuses for its connection's
-    socket shows another inode (eventfds all share one, but nothing makes one meanwhile)."""
-    out = {}
-    for name in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):  # the listing's own descriptor, closed since
-            out[int(name)] = os.fstat(int(name)).st_ino
-    return out
-
-
 def _await_closed(fds: dict[int, int], timeout: float) -> None:
     """Until none of ``fds`` is open on the same file, for at most ``timeout`` seconds.
 
@@ -327,7 +318,7 @@ def _await_closed(fds: dict[int, int], timeout: float) -> None:
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        still = _descriptors()
+        still = descriptors()
         if not any(still.get(fd) == ino for fd, ino in fds.items()):
             return
         time.sleep(0.001)

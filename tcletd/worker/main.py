@@ -32,8 +32,9 @@ from tcletd.worker.tclrt import TclRuntime
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel to SIGKILL us when the zygote exits; it exits when the host does."""
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent exits (a worker's is the zygote,
+    the zygote's the host); exit at once if the parent is gone already."""
     libc = ctypes.CDLL(None, use_errno=True)
     parent = os.getppid()
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -131,7 +132,7 @@ def run(
     ``cgroup.procs`` files of the worker's cgroup (none where the host has no cgroups);
     ``prepared``: the zygote's interpreter (:func:`tcletd.worker.tclrt.prepare_interp`);
     ``isolated``: a warm worker, already in its own network namespace."""
-    _die_with_parent()
+    die_with_parent()
     # The host's signals are for the host; a worker ends on SIGTERM at once (no Python cleanup).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

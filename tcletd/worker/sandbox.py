@@ -60,6 +60,7 @@ __all__ = [
     "Applied",
     "apply",
     "ceiling",
+    "descriptors",
     "follow",
     "nofile_limit",
     "open_fds",
@@ -114,17 +115,21 @@ class Applied:
         return lines
 
 
-def open_fds() -> list[int]:
-    """Descriptors open in this process (without the one used to list them)."""
-    listed = [int(x) for x in os.listdir("/proc/self/fd")]
-    out = []
-    for fd in listed:
+def descriptors() -> dict[int, int]:
+    """Each descriptor open in this process (not the one used to list them), with its inode: a
+    number reused for another file shows another (eventfds all share one)."""
+    out = {}
+    for name in os.listdir("/proc/self/fd"):
         try:
-            os.fstat(fd)
+            out[int(name)] = os.fstat(int(name)).st_ino
         except OSError:  # the directory descriptor os.listdir used, closed since
             continue
-        out.append(fd)
-    return sorted(out)
+    return out
+
+
+def open_fds() -> list[int]:
+    """Descriptors open in this process (without the one used to list them)."""
+    return sorted(descriptors())
 
 
 def vm_size() -> int:

@@ -55,7 +55,6 @@ from tcletd.shared.errors import EXIT_SOFTWARE
 REFILL_QUIET = 0.05
 # What travels with a Spawn: the spec's memfd, the descriptor channel, stdout, stderr.
 SPAWN_FDS = 4
-_PR_SET_PDEATHSIG = 1
 
 
 def main(argv: list[str]) -> int:
@@ -64,10 +63,11 @@ def main(argv: list[str]) -> int:
         return 2
     sock = socket.socket(fileno=int(argv[1]))
     warm = int(argv[2]) if len(argv) == 3 else 0
-    _die_with_parent()
+    from tcletd.worker import main as worker
+
+    worker.die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the host's Ctrl-C is the host's to handle
     _quiet_standard_streams()
-    from tcletd.worker import main as worker
     from tcletd.worker import seccomp
     from tcletd.worker.channels import probe
     from tcletd.worker.tclrt import prepare_interp
@@ -165,9 +165,10 @@ class WarmPool:
     def _wait(self, sock: socket.socket) -> None:
         """In a warm child: isolate, then wait for the Spawn the zygote forwards; never returns."""
         from tcletd.worker import netns
+        from tcletd.worker.main import die_with_parent
 
         try:
-            _die_with_parent()
+            die_with_parent()
             netns.enter()
             sock.setblocking(True)
             data, fds, flags, _ = socket.recv_fds(sock, wire.MAX_SPAWN, SPAWN_FDS)
@@ -285,15 +286,6 @@ def _read_all(fd: int) -> bytes:
         chunks.append(chunk)
         offset += len(chunk)
     return b"".join(chunks)
-
-
-def _die_with_parent() -> None:
-    import ctypes
-
-    parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent or parent == 1:
-        os._exit(0)  # the host died before the request took effect
 
 
 def _quiet_standard_streams() -> None:
