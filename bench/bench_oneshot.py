@@ -10,7 +10,10 @@ examples/hello.tcl`` on an embedded host, and ``tcletd run --host SOCKET example
 against a ``tcletd serve`` this benchmark starts on a temporary socket (a session of its own,
 ended by its PID, then its group) and warms with a few runs first. It prints the median, the
 fastest and the slowest wall time of each, from the start of the process to the end of its
-output (a zygote that still holds the output counts: a pipe's reader waits for it too).
+output (a zygote that still holds the output counts: a pipe's reader waits for it too), and the
+median CPU time (user + system) of the command's process tree: the embedded run's host, zygote
+and worker; for the resident row, the client's alone (the host's share is the server's). CPU
+time is what other work on the machine disturbs least: compare it when walls scatter.
 
 From a warm disk: the commands run once before the rounds, and without
 ``PYTHONDONTWRITEBYTECODE``, so that tcletd's bytecode is cached as in an installed copy (without
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -62,26 +66,35 @@ def resident(command: Sequence[str], directory: str) -> Iterator[str]:
         yield sock
 
 
-def wall_ms(cmd: Sequence[str], env: dict[str, str], cwd: str) -> float:
-    """Milliseconds from the start of ``cmd`` to the end of its output; a failure (or a hello
-    that did not greet) ends the benchmark with its output."""
+def _cpu_of_children() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def wall_ms(cmd: Sequence[str], env: dict[str, str], cwd: str) -> tuple[float, float]:
+    """Milliseconds from the start of ``cmd`` to the end of its output, and of CPU its process
+    tree used (each process counts once its parent has waited for it: the zygote's workers, the
+    host's zygote); a failure (or a hello that did not greet) ends the benchmark with its
+    output."""
+    cpu = _cpu_of_children()
     start = time.perf_counter()
     done = subprocess.run(list(cmd), capture_output=True, env=env, cwd=cwd, timeout=60)
     took = (time.perf_counter() - start) * 1000
     if done.returncode != 0 or (cmd[-1] == str(HELLO) and b"Hello" not in done.stdout):
         raise SystemExit(f"{' '.join(cmd)}: exit {done.returncode}: {done.stderr.decode()!r}")
-    return took
+    return took, (_cpu_of_children() - cpu) * 1000
 
 
 def measure(
     rows: dict[str, list[str]], env: dict[str, str], cwd: str, rounds: int
-) -> dict[str, list[float]]:
-    """``rounds`` runs of each row's command, rotated so that each goes first as often."""
+) -> dict[str, list[tuple[float, float]]]:
+    """``rounds`` runs of each row's command (wall and CPU), rotated so that each goes first as
+    often."""
     names = list(rows)
     for name in names:  # warm: bytecode written, pages in the cache, the resident host's pool
         for _ in range(3 if name == "resident" else 1):
             wall_ms(rows[name], env, cwd)
-    times: dict[str, list[float]] = {name: [] for name in names}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             times[name].append(wall_ms(rows[name], env, cwd))
@@ -90,14 +103,15 @@ def measure(
     return times
 
 
-def report(rows: dict[str, list[str]], times: dict[str, list[float]]) -> None:
-    """The table: each command's median, fastest and slowest run, and what a tcletd run costs
-    beyond a bare Python start (the part tcletd can act on)."""
-    floor = statistics.median(times["python"])
-    print(f"{'command':<48}{'median':>8}{'min':>8}{'max':>8}{'-python':>9}{'target':>9}")
-    print("-" * 90)
+def report(rows: dict[str, list[str]], times: dict[str, list[tuple[float, float]]]) -> None:
+    """The table: each command's median, fastest and slowest run, what a tcletd run costs
+    beyond a bare Python start (the part tcletd can act on), and its median CPU time."""
+    floor = statistics.median(wall for wall, _ in times["python"])
+    print(f"{'command':<48}{'median':>8}{'min':>8}{'max':>8}{'-python':>9}{'target':>9}{'cpu':>8}")
+    print("-" * 98)
     for name, cmd in rows.items():
-        ms = sorted(times[name])
+        ms = sorted(wall for wall, _ in times[name])
+        cpu = statistics.median(used for _, used in times[name])
         words = [Path(cmd[0]).name, *cmd[1:]]  # tclsh, python, tcletd: by name
         if name == "resident":
             words[words.index("--host") + 1] = "SOCK"
@@ -105,8 +119,11 @@ def report(rows: dict[str, list[str]], times: dict[str, list[float]]) -> None:
         median = statistics.median(ms)
         beyond = f"{median - floor:>9.1f}" if name in TARGETS else f"{'':>9}"
         target = TARGETS.get(name, "")
-        print(f"{label[:47]:<48}{median:>8.1f}{ms[0]:>8.1f}{ms[-1]:>8.1f}{beyond}{target:>9}")
-    print("(ms, wall; -python: the median less python -c pass's)")
+        print(
+            f"{label[:47]:<48}{median:>8.1f}{ms[0]:>8.1f}{ms[-1]:>8.1f}{beyond}{target:>9}"
+            f"{cpu:>8.1f}"
+        )
+    print("(ms, wall; -python: the median less python -c pass's; cpu: the process tree's median)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

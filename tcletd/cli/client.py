@@ -2,21 +2,22 @@
 
 Operator side, outside the host: this is the CLI talking to a resident host (``tcletd serve``,
 whose end is :mod:`tcletd.host.control`) over the control wire (:mod:`tcletd.shared.control`).
-It imports only the standard library's socket layer, so a run through a resident host costs a
-Python start, not the host's imports (asyncio, pyzmq and msgspec take ~250 ms on these
-machines). For that reason its run request is a plain dict of the launch request's fields
+It imports only the standard library's C socket layer (``_socket``, not ``socket``, whose enums
+and selectors cost a client 2.5-3 ms), so a run through a resident host costs a Python start,
+not the host's imports (asyncio, pyzmq and msgspec take ~250 ms on these machines). For that
+reason its run request is a plain dict of the launch request's fields
 (:data:`~tcletd.shared.control.RUN_FIELDS`), not a :class:`~tcletd.shared.launch.LaunchRequest`.
 """
 
 from __future__ import annotations
 
-import contextlib
+import _socket
 import os
 import select
 import signal
-import socket
 import sys
 
+from tcletd.cli import ENV_HOST as ENV_HOST
 from tcletd.shared.control import (
     MAX_OUTPUT_CHUNK,
     MAX_SCRIPT,
@@ -34,7 +35,6 @@ from tcletd.shared.errors import (
 )
 from tcletd.shared.streams import write_own
 
-ENV_HOST = "TCLETD_HOST"
 # Signals a client passes on to its tclet: the tclet ends as it would under an embedded host.
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
 
@@ -44,6 +44,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
     from pathlib import Path
+    from types import TracebackType
     from typing import Any
 
     Frame = tuple[dict[str, Any], bytes]
@@ -62,10 +63,11 @@ def default_socket() -> str:
     return os.path.join(base, f"tcletd-{os.getuid()}", "control.sock")
 
 
-def connect(path: str | Path) -> socket.socket:
+def connect(path: str | Path) -> _socket.socket:
     """A connection to the host at ``path``, our hello sent (the host's greeting is read with
-    the replies, and skipped: a host of another version refuses the hello with an error)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    the replies, and skipped: a host of another version refuses the hello with an error). The
+    caller closes it (``_socket``'s socket is no context manager)."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.connect(str(path))
         sock.sendall(hello())
@@ -115,7 +117,7 @@ def status_line(entry: dict[str, Any]) -> str:
     )
 
 
-def _frames(sock: socket.socket, reader: FrameReader) -> Iterator[Frame]:
+def _frames(sock: _socket.socket, reader: FrameReader) -> Iterator[Frame]:
     while data := sock.recv(262144):
         yield from reader.feed(data)
 
@@ -127,9 +129,12 @@ def run(args: Any, host: str | Path) -> int:
 
         raise ConfigError("--audit: a resident host writes its own audit (tcletd serve --audit)")
     frame = request_frame(args, "run")
-    with connect(host) as sock:
+    sock = connect(host)
+    try:
         sock.sendall(frame)
         return _follow(sock, getattr(args, "id_file", None))
+    finally:
+        sock.close()
 
 
 def request_frame(args: Any, op: str) -> bytes:
@@ -183,31 +188,42 @@ def embed_args(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-@contextlib.contextmanager
-def signal_pipe(signals: Iterable[int]) -> Iterator[int]:
-    """A pipe's read end that carries each of ``signals`` we get, one byte per signal (the
-    handlers only wake the loop that passes them on). A signal ignored when we started stays
-    ignored (nohup's SIGHUP): it is not the tclet's."""
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    taken = [s for s in signals if signal.getsignal(s) is not signal.SIG_IGN]
-    previous = {signum: signal.signal(signum, lambda *_: None) for signum in taken}
-    old_wakeup = signal.set_wakeup_fd(wake_w)
-    try:
-        yield wake_r
-    finally:
-        signal.set_wakeup_fd(old_wakeup)
-        for signum, handler in previous.items():
+class SignalPipe:
+    """``with SignalPipe(signals) as wake_r``: a pipe's read end that carries each of
+    ``signals`` we get, one byte per signal (the handlers only wake the loop that passes them
+    on). A signal ignored when we started stays ignored (nohup's SIGHUP): it is not the
+    tclet's. A class, not ``contextlib.contextmanager``: importing contextlib cost a client
+    ~0.5 ms."""
+
+    def __init__(self, signals: Iterable[int]) -> None:
+        self.signals = tuple(signals)
+
+    def __enter__(self) -> int:
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        taken = [s for s in self.signals if signal.getsignal(s) is not signal.SIG_IGN]
+        self.previous = {signum: signal.signal(signum, lambda *_: None) for signum in taken}
+        self.old_wakeup = signal.set_wakeup_fd(self.wake_w)
+        return self.wake_r
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        signal.set_wakeup_fd(self.old_wakeup)
+        for signum, handler in self.previous.items():
             signal.signal(signum, handler)
-        os.close(wake_r)
-        os.close(wake_w)
+        os.close(self.wake_r)
+        os.close(self.wake_w)
 
 
-def _follow(sock: socket.socket, id_file: str | None = None) -> int:
+def _follow(sock: _socket.socket, id_file: str | None = None) -> int:
     """Relay the host's frames until the tclet's exit; forward our signals to the host; write
     the tclet's id to ``id_file`` when it starts."""
     reader = FrameReader(MAX_OUTPUT_CHUNK)
-    with signal_pipe(FORWARDED) as wake_r:
+    with SignalPipe(FORWARDED) as wake_r:
         while True:
             ready, _, _ = select.select([sock.fileno(), wake_r], [], [])
             if wake_r in ready:
@@ -235,7 +251,7 @@ def write_id(path: str, tclet_id: object) -> None:
         print(f"tcletd: --id-file {path}: {exc.strerror or exc}", file=sys.stderr, flush=True)
 
 
-def _take(header: dict[str, Any], payload: bytes, sock: socket.socket) -> int | None:
+def _take(header: dict[str, Any], payload: bytes, sock: _socket.socket) -> int | None:
     """Act on one frame from the host; the exit status once the run is over."""
     event = header.get("event")
     if event in ("stdout", "stderr"):
@@ -258,7 +274,8 @@ def _take(header: dict[str, Any], payload: bytes, sock: socket.socket) -> int | 
 
 def status(host: str | Path) -> int:
     """``tcletd status``: one line per tclet running on a resident host."""
-    with connect(host) as sock:
+    sock = connect(host)
+    try:
         sock.sendall(encode({"op": "status"}))
         for header, _ in _frames(sock, FrameReader(0)):
             if header.get("event") == "hello":
@@ -270,4 +287,6 @@ def status(host: str | Path) -> int:
                 print(status_line(entry).removeprefix("tcletd: "))
             print(f"{len(tclets)} tclet(s) running on {host}", file=sys.stderr)
             return EXIT_OK
+    finally:
+        sock.close()
     raise HostUnreachable("the tcletd host closed the connection")

@@ -1,5 +1,5 @@
 """The resident host's operator commands (``launch``, ``ps``, ``logs``, ``kill``, ``wait``,
-``events``) and ``page``: their arguments and handlers, for :data:`tcletd.cli.main.COMMANDS`.
+``events``) and ``page``: their arguments and handlers, for :data:`tcletd.cli.commands.COMMANDS`.
 
 Operator side. Handlers import their client module (:mod:`tcletd.cli.hostctl`,
 :mod:`tcletd.cli.page`) when they run.

@@ -42,7 +42,8 @@ class HostError(Exception):
 def replies(host: str, frame: bytes) -> Iterator[Frame]:
     """Send ``frame`` and yield the host's replies (not its greeting) until it hangs up; an
     error reply raises HostError."""
-    with connect(host) as sock:
+    sock = connect(host)
+    try:
         sock.sendall(frame)
         reader = FrameReader(MAX_OUTPUT_CHUNK)
         while data := sock.recv(262144):
@@ -55,6 +56,8 @@ def replies(host: str, frame: bytes) -> Iterator[Frame]:
                     )
                 if event != "hello":
                     yield header, payload
+    finally:
+        sock.close()
     raise HostUnreachable("the tcletd host closed the connection")
 
 

@@ -19,11 +19,11 @@ arguments, which go through the same checks as a ``tcletd run``'s.
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import os
 import select
 import signal
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urljoin, urlsplit
 from urllib.request import url2pathname
 
-from tcletd.cli.client import connect, is_url, read_script, signal_pipe
+from tcletd.cli.client import SignalPipe, connect, is_url, read_script
 from tcletd.shared.control import (
     MAX_OUTPUT_CHUNK,
     MAX_SCRIPT,
@@ -199,7 +199,7 @@ def first_failure(statuses: list[int]) -> int:
 class _Attached:
     """One tclet's run connection to the resident host, and what it has said so far."""
 
-    def __init__(self, embed: Embed, sock: socket.socket) -> None:
+    def __init__(self, embed: Embed, sock: _socket.socket) -> None:
         self.sock = sock
         self.reader = FrameReader(MAX_OUTPUT_CHUNK)
         self.streams = {
@@ -275,7 +275,7 @@ def on_resident(found: list[Embed], host: str) -> int:
 
 
 def _follow(attached: list[_Attached]) -> int:
-    with signal_pipe(ENDING) as wake_r:
+    with SignalPipe(ENDING) as wake_r:
         while live := [one for one in attached if one.status is None]:
             by_fd = {one.sock.fileno(): one for one in live}
             ready, _, _ = select.select([*by_fd, wake_r], [], [])

@@ -8,6 +8,17 @@ is read when the loop finds its socket readable, decoded with a bounded, typed d
 routed to the callbacks the launch registered. The zygote holds nothing per worker beyond its
 child, so the host's descriptors per tclet are its own three socketpair ends and the pidfd.
 
+With a warm pool of N, the host keeps N cgroups made ahead, one per warm child, and names each
+to the zygote (a Warm); the child enters it before anything else, so the threads and memory it
+makes ahead are its cgroup's. A launch claims one (:meth:`Zygote.claim`: its memory limit and
+weight are set then, before the Spawn that names it goes), and another is made on a thread.
+The zygote announces each warm child (a WarmChild: its pid, its cgroup, the host's end of a
+socketpair to it and a pidfd), and the host sends that child its Spawn itself: a launch then
+wakes only its worker, not the zygote too. What the announcement says is checked as what a
+worker says would be: only a cgroup the host named and holds no child for, a socket that is a
+Unix SEQPACKET socket, and a pidfd whose process is the pid named; anything else is closed (the
+child exits at end of file) or, malformed, ends the zygote.
+
 A zygote can be started before the host's loop exists (:func:`start`, as the CLI does first
 thing, so that its start overlaps the host's own imports); the first :class:`Zygote` the host
 asks for takes it.
@@ -25,11 +36,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
+# Not typing.TYPE_CHECKING: typing (~2 ms) would come before the zygote's start too (mypy takes
+# any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # imported late: the CLI starts a zygote first, before any of its imports
     import asyncio
 
+    from tcletd.host.cgroups import Cgroups, WorkerCgroup
+    from tcletd.host.warmpool import REFILL_QUIET, WarmCgroups, WarmChildren
     from tcletd.shared import spawn as wire
 
 OnSpawned = Callable[[int, int], None]  # pid, pidfd (the callee owns the pidfd)
@@ -46,6 +61,9 @@ TURN_BUDGET = 0.0005
 _CLOSE_GRACE = 2.0
 
 _spare: Zygote | None = None
+# The zygote's command: -c rather than -m tcletd.worker.zygote, whose runpy and second look-up
+# of the module cost the zygote's start ~6 ms (20 starts each, this VM).
+COMMAND = (sys.executable, "-c", "from tcletd.worker.zygote import entry; entry()")
 
 
 def start(warm: int = 0) -> None:
@@ -86,7 +104,7 @@ class Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "tcletd.worker.zygote", str(theirs.fileno()), str(warm)],
+                [*COMMAND, str(theirs.fileno()), str(warm)],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
             )
@@ -100,18 +118,61 @@ class Zygote:
         self.ready = False
         self.lost: str | None = None
         """Why the zygote is gone (None while it serves): every later spawn fails with it."""
+        self._warm_cgroups: WarmCgroups | None = None  # where the host has cgroups
+        self.warm_children: WarmChildren | None = None  # made in attach()
+        self._topping: asyncio.TimerHandle | None = None  # the pool's top-up without cgroups
 
     # ---- the host's requests ------------------------------------------------------------------
 
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Read what the zygote says from ``loop`` (once, before the first spawn)."""
+    def attach(self, loop: asyncio.AbstractEventLoop, cgroups: Cgroups | None = None) -> None:
+        """Read what the zygote says from ``loop`` (once, before the first spawn), and fill the
+        warm pool, each child in a cgroup of ``cgroups`` where they are active."""
         # The wire's module binds here, not at import: msgspec's import would hold back the
         # zygote's start, which the CLI makes its first step (every later use follows this).
-        global wire
+        global wire, WarmChildren, WarmCgroups, REFILL_QUIET
+        from tcletd.host.warmpool import REFILL_QUIET, WarmCgroups, WarmChildren
         from tcletd.shared import spawn as wire
 
+        self.warm_children = WarmChildren()
         self._loop = loop
         loop.add_reader(self._sock.fileno(), self._on_readable)
+        if cgroups is not None and cgroups.active and self.warm:
+            made = WarmCgroups(loop, cgroups, self._send_warm, self.warm_children.has_child)
+            self._warm_cgroups = made
+            made.fill(self.warm)
+        else:
+            self._top_up()
+
+    def claim(self, memory: int, *, demoted: bool = False) -> WorkerCgroup | None:
+        """A warm child's cgroup for the next launch (see :meth:`WarmCgroups.claim`); None if
+        none is ready (then the launch makes its own)."""
+        if self._warm_cgroups is None or self.lost is not None:
+            return None
+        return self._warm_cgroups.claim(memory, demoted=demoted)
+
+    def _send_warm(self, procs: list[str]) -> None:
+        if self.lost is None and self.warm_children is not None:
+            self.warm_children.named(tuple(procs))
+            self._send(wire.Warm(cgroup_procs=procs))
+
+    def _top_up(self) -> None:
+        """Without cgroups: name as many (cgroup-less) children as the pool lacks."""
+        self._topping = None
+        for _ in range(self.warm_children.lacking(self.warm) if self.warm_children else 0):
+            self._send_warm([])
+
+    def _top_up_later(self) -> None:
+        """The top-up once launches pause for REFILL_QUIET, as the zygote's forks wait (a child
+        forked beside a worker that is starting slows that start on 2 cores)."""
+        if self._warm_cgroups is None and self.warm and self._loop is not None:
+            if self._topping is not None:
+                self._topping.cancel()
+            self._topping = self._loop.call_later(REFILL_QUIET, self._top_up)
+
+    def _send(self, msg: wire.Warm | wire.Spawn, fds: list[int] | None = None) -> None:
+        self._outbox.append((wire.ENCODER.encode(msg), fds or []))
+        if len(self._outbox) == 1:
+            self._flush()
 
     def spawn(
         self,
@@ -139,12 +200,27 @@ class Zygote:
         self._seq += 1
         seq = self._seq
         self._pending[seq] = _Pending(on_spawned, on_failed, on_exited)
-        data = wire.ENCODER.encode(wire.Spawn(seq=seq, cgroup_procs=cgroup_procs))
-        self._outbox.append((data, [memfd, *fds]))
         if self.lost is not None:
+            self._outbox.append((b"", [memfd, *fds]))  # closed by _fail_all
             self._loop.call_soon(self._fail_all)
-        elif len(self._outbox) == 1:
-            self._flush()
+            return
+        self._top_up_later()
+        spawn = wire.Spawn(seq=seq, cgroup_procs=cgroup_procs)
+        assert self.warm_children is not None
+        if (child := self.warm_children.hand(spawn, [memfd, *fds])) is not None:
+            self._loop.call_soon(self._handed, seq, child.pid, child.pidfd)
+            return
+        self._send(spawn, [memfd, *fds])
+
+    def _handed(self, seq: int, pid: int, pidfd: int) -> None:
+        """A warm child took Spawn ``seq``: Spawned, as the zygote would have said it (from the
+        loop, after the launch returned; unless the zygote was lost meanwhile)."""
+        pending = self._pending.pop(seq, None)
+        if pending is None:
+            os.close(pidfd)
+            return
+        self._children[pid] = pending.on_exited
+        pending.on_spawned(pid, pidfd)
 
     async def close(self) -> None:
         """End the zygote: its socket closes, it exits, the workers it still has go with it."""
@@ -155,6 +231,9 @@ class Zygote:
                 self._loop.remove_reader(self._sock.fileno())
                 self._loop.remove_writer(self._sock.fileno())
         self._sock.close()
+        self._let_warm_go()
+        if self._warm_cgroups is not None:
+            self._warm_cgroups.close()
         for _, fds in self._outbox:
             for fd in fds:
                 os.close(fd)
@@ -182,6 +261,8 @@ class Zygote:
             loop.remove_reader(pidfd)
             os.close(pidfd)
         self.process.wait()  # it has exited: this only reaps
+        if self._warm_cgroups is not None:
+            self._warm_cgroups.shutdown()
 
     # ---- the loop's side ----------------------------------------------------------------------
 
@@ -212,7 +293,7 @@ class Zygote:
             if time.perf_counter() - began > TURN_BUDGET:
                 return  # the rest on the next turn, after everyone else's (the socket is readable)
             try:
-                data, fds, flags, _ = socket.recv_fds(self._sock, wire.MAX_REPLY, 1)
+                data, fds, flags, _ = socket.recv_fds(self._sock, wire.MAX_REPLY, 2)
             except BlockingIOError:
                 return
             except ConnectionResetError:  # it died with requests unread
@@ -231,11 +312,20 @@ class Zygote:
                     os.close(fd)
                 self._lose(f"the zygote said something undecodable: {exc}")
                 return
-            if flags & socket.MSG_CTRUNC or (len(fds) != 1) != (not isinstance(msg, wire.Spawned)):
+            if flags & socket.MSG_CTRUNC or len(fds) != wire.CARRIED.get(type(msg), 0):
                 for fd in fds:
                     os.close(fd)
                 self._lose("the zygote sent a descriptor its message did not name")
                 return
+            if isinstance(msg, wire.WarmChild):
+                assert self.warm_children is not None
+                why = self.warm_children.admit(
+                    msg, fds[0], fds[1], self.process.pid, self._children.__contains__
+                )
+                if why is not None:
+                    self._lose(why)
+                    return
+                continue
             self._route(msg, fds[0] if fds else -1)
 
     def _route(self, msg: wire.ZygoteMessage, fd: int) -> None:
@@ -252,10 +342,27 @@ class Zygote:
             failed = self._pending.pop(msg.seq, None)
             if failed is not None:
                 failed.on_failed(msg.error)
-        else:
+        elif isinstance(msg, wire.Exited):
             on_exited = self._children.pop(msg.pid, None)
             if on_exited is not None:
                 on_exited(msg.exitcode)
+            elif self.warm_children is not None and (
+                (died := self.warm_children.died(msg.pid)) is not None
+            ):
+                # A warm child died before any launch took it: another into its cgroup.
+                if self._warm_cgroups is None:
+                    self._top_up_later()
+                elif self._warm_cgroups.holds(died.procs):
+                    self._send_warm(list(died.procs))
+
+    def _let_warm_go(self) -> None:
+        """Close every unclaimed warm child's end (each exits at end of file, or dies with the
+        zygote) and its pidfd."""
+        if self._topping is not None:
+            self._topping.cancel()
+            self._topping = None
+        if self.warm_children is not None:
+            self.warm_children.let_go()
 
     def _lose(self, why: str) -> None:
         """The zygote is gone or broken: every worker it had is killed with it (their parent
@@ -265,6 +372,9 @@ class Zygote:
         self.lost = why
         with contextlib.suppress(ProcessLookupError):
             self.process.send_signal(signal.SIGKILL)
+        self._let_warm_go()
+        if self._warm_cgroups is not None:
+            self._warm_cgroups.close()
         if self._loop is not None:
             with contextlib.suppress(ValueError, OSError):
                 self._loop.remove_reader(self._sock.fileno())

@@ -31,12 +31,13 @@ import os
 import socket
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
-
-import aiodns
-import pycares
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tcletd.shared.errors import RequestError
+
+if TYPE_CHECKING:
+    import aiodns
+    import pycares
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _T = TypeVar("_T")
@@ -117,10 +118,19 @@ class Resolver:
         if self.nameservers is not None:
             self._options |= {"servers": self.nameservers, "resolvconf_path": os.devnull}
         self._loop = loop
-        self._dns = _OnTheLoop(None, loop=loop, **self._options)
+        # Made at the first lookup, not here: aiodns and pycares cost every host 15-17 ms of
+        # its start (python -X importtime), and a one-shot run that names no host looks nothing
+        # up. A bad option still fails at the first lookup, as c-ares' own errors always did.
+        self._made: aiodns.DNSResolver | None = None
         self._retired: list[aiodns.DNSResolver] = []
         self._closing: set[asyncio.Future[None]] = set()
         self._renewed = -float("inf")
+
+    @property
+    def _dns(self) -> aiodns.DNSResolver:
+        if self._made is None:
+            self._made = _on_the_loop()(None, loop=self._loop, **self._options)
+        return self._made
 
     async def addresses(self, name: str, owner: object = None) -> list[IPAddress]:
         """Every address ``name`` has, in resolver order, deduplicated; RequestError worded as
@@ -162,7 +172,7 @@ class Resolver:
             self._closing.add(task := asyncio.ensure_future(old.close()))
             task.add_done_callback(self._closing.discard)
         self._retired = [self._dns]
-        self._dns = _OnTheLoop(None, loop=self._loop, **self._options)
+        self._made = _on_the_loop()(None, loop=self._loop, **self._options)
         return await self._dns.getaddrinfo(name, socket.AF_UNSPEC)
 
     def _hosts_file(self) -> dict[str, list[IPAddress]]:
@@ -180,8 +190,9 @@ class Resolver:
         it has none or the lookup fails or the host is at its cap."""
         # c-ares takes an IPv6 address only as a (host, port, flowinfo, scope id) tuple.
         where = (address, 0, 0, 0) if ":" in address else (address, 0)
+        dns = self._dns  # first: it binds the name aiodns for the except clause
         try:
-            future = self._start(None, lambda: self._dns.getnameinfo(where, socket.NI_NAMEREQD))
+            future = self._start(None, lambda: dns.getnameinfo(where, socket.NI_NAMEREQD))
             result = await self._finish(future)
         except (RequestError, aiodns.error.DNSError, ValueError, TypeError):
             return address
@@ -219,32 +230,48 @@ class Resolver:
             raise RequestError(TRY_AGAIN) from None
 
     async def close(self) -> None:
-        for dns in (*self._retired, self._dns):
+        for dns in (*self._retired, *([] if self._made is None else [self._made])):
             await dns.close()
 
 
-class _OnTheLoop(aiodns.DNSResolver):
-    """aiodns driven from the host's loop (its sockets are the loop's readers and writers), not
-    from c-ares' own event thread. That thread re-reads the system's configuration when it
-    changes and replaces the servers it was given: measured, in 6 of 8 runs of this module's
-    tests under load, a lookup went to 127.0.0.1:53 (or, before resolv.conf was ignored, to
-    the machine's resolver) instead of the test's server. Relies on aiodns 4's
-    ``_make_channel``/``_sock_state_cb``/``_timer_cb``, its documented fallback path."""
+_made_class: type[aiodns.DNSResolver] | None = None
 
-    def _make_channel(self, **kwargs: Any) -> tuple[bool, pycares.Channel]:
-        ref = weakref.ref(self)
 
-        def state(fd: int, readable: bool, writable: bool) -> None:
-            this = ref()
-            if this is not None:
-                this._sock_state_cb(fd, readable, writable)
+def _on_the_loop() -> type[aiodns.DNSResolver]:
+    """The resolver class, defined at the first lookup of the process with aiodns's import (its
+    base class); the module's names ``aiodns`` and ``pycares`` bind then too, for the ``except``
+    clauses above, none of which can be reached before a lookup has started."""
+    global _made_class, aiodns, pycares
+    if _made_class is not None:
+        return _made_class
+    import aiodns
+    import pycares
 
-        return False, pycares.Channel(sock_state_cb=state, timeout=self._timeout, **kwargs)
+    class _OnTheLoop(aiodns.DNSResolver):
+        """aiodns driven from the host's loop (its sockets are the loop's readers and writers),
+        not from c-ares' own event thread. That thread re-reads the system's configuration when
+        it changes and replaces the servers it was given: measured, in 6 of 8 runs of this
+        module's tests under load, a lookup went to 127.0.0.1:53 (or, before resolv.conf was
+        ignored, to the machine's resolver) instead of the test's server. Relies on aiodns 4's
+        ``_make_channel``/``_sock_state_cb``/``_timer_cb``, its documented fallback path."""
 
-    def _start_timer(self) -> None:
-        # aiodns ticks once a second, so a 3 s timeout fired between 3 and 4 s; 0.1 s keeps it
-        # within a tenth, at ten callbacks a second only while a lookup is in flight.
-        self._timer = self.loop.call_later(_TICK, self._timer_cb)
+        def _make_channel(self, **kwargs: Any) -> tuple[bool, pycares.Channel]:
+            ref = weakref.ref(self)
+
+            def state(fd: int, readable: bool, writable: bool) -> None:
+                this = ref()
+                if this is not None:
+                    this._sock_state_cb(fd, readable, writable)
+
+            return False, pycares.Channel(sock_state_cb=state, timeout=self._timeout, **kwargs)
+
+        def _start_timer(self) -> None:
+            # aiodns ticks once a second, so a 3 s timeout fired between 3 and 4 s; 0.1 s keeps
+            # it within a tenth, at ten callbacks a second only while a lookup is in flight.
+            self._timer = self.loop.call_later(_TICK, self._timer_cb)
+
+    _made_class = _OnTheLoop
+    return _made_class
 
 
 def _parse_hosts(text: str) -> dict[str, list[IPAddress]]:

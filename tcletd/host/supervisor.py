@@ -153,7 +153,7 @@ class Supervisor:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Take the zygote (started early by :func:`tcletd.host.factory.start`, or now)."""
         self._zygote = factory.take(self.warm)
-        self._zygote.attach(loop)
+        self._zygote.attach(loop, self.cgroups)
 
     def launch(
         self, spec: p.WorkerSpec, loop: asyncio.AbstractEventLoop, *, demoted: bool = False
@@ -185,6 +185,12 @@ class Supervisor:
         theirs = [sock.detach() for sock in (worker_fd, worker_out, worker_err)]
         encoded = p.encode(spec)
         if not self.cgroups.active:
+            self._spawn(worker, zygote, encoded, theirs)
+            return worker
+        # A warm child's cgroup, made ahead, its limits set now: no thread hop (~0.7 ms).
+        warm = zygote.claim(spec.memory, demoted=demoted)
+        if warm is not None:
+            worker.cgroup = warm
             self._spawn(worker, zygote, encoded, theirs)
             return worker
         # Made on a thread: three mkdirs and their limits cost the kernel ~0.5 ms, which the
@@ -236,7 +242,7 @@ class Supervisor:
         """The zygote, a new one if the last was lost (its workers were lost with it)."""
         if self._zygote is None or self._zygote.lost is not None:
             self._zygote = factory.take(self.warm)
-            self._zygote.attach(loop)
+            self._zygote.attach(loop, self.cgroups)
         return self._zygote
 
     def _spawned(self, worker: WorkerProcess, pid: int, pidfd: int) -> None:

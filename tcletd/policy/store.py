@@ -10,7 +10,10 @@ modification time and size, so a launch does not re-read and re-compile an uncha
 
 from __future__ import annotations
 
+import functools
+import os
 import re
+import time
 from pathlib import Path
 
 import tcletd
@@ -19,9 +22,10 @@ from tcletd.policy.files import build_policy_document, parse_toml, read_policy_d
 from tcletd.shared.errors import UnknownPolicyError
 
 
+@functools.cache
 def policy_dir() -> Path:
     """The shipped policies: ``tcletd/_policies`` in a wheel, else the repository's
-    ``policies/``."""
+    ``policies/`` (where the package lies does not change under a running process)."""
     package = Path(tcletd.__file__).parent
     installed = package / "_policies"
     return installed if installed.is_dir() else package.parent / "policies"
@@ -30,11 +34,34 @@ def policy_dir() -> Path:
 NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 
 
-def _names(directory: Path) -> set[str]:
+# A directory's policy names, by its path, with the directory's inode and modification time
+# when they were listed. A launch asks for the names once per policy a tclet may be granted
+# (``tcletd.host.quotas.ceilings``): listing the directory each time cost the host's loop
+# ~0.2 ms per launch here, four listings, before the worker's Spawn went out.
+_listed: dict[str, tuple[int, int, frozenset[str]]] = {}
+
+# A listing is kept only once the directory's modification time is this old: the kernel's
+# clock for it is coarse (a tick), so a file added in the same tick as a listing could leave
+# the time unchanged; one added a second later cannot (racy git's rule).
+_SETTLED_NS = 1_000_000_000
+
+
+def _names(directory: Path) -> frozenset[str]:
+    key = str(directory)
     try:
-        return {p.stem for p in directory.glob("*.toml") if NAME.fullmatch(p.stem)}
+        stat = os.stat(key)
     except OSError:
-        return set()
+        return frozenset()
+    seen = _listed.get(key)
+    if seen is not None and seen[:2] == (stat.st_ino, stat.st_mtime_ns):
+        return seen[2]
+    try:
+        names = frozenset(p.stem for p in directory.glob("*.toml") if NAME.fullmatch(p.stem))
+    except OSError:
+        return frozenset()
+    if time.time_ns() - stat.st_mtime_ns >= _SETTLED_NS:
+        _listed[key] = (stat.st_ino, stat.st_mtime_ns, names)
+    return names
 
 
 def known_policies(directory: str | Path | None = None) -> tuple[str, ...]:

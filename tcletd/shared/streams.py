@@ -6,19 +6,20 @@ standard library; both sides of the trust boundary use it, and the bytes are nev
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
 import stat
 import sys
-import weakref
 
 # Not typing.TYPE_CHECKING: the resident host's client imports this module, and typing and
-# asyncio cost it a start-up it does not need (mypy takes any name TYPE_CHECKING as true).
+# asyncio cost it a start-up it does not need (mypy takes any name TYPE_CHECKING as true). For
+# the same reason OwnWriter imports contextlib and weakref where it uses them (~1 ms of the
+# client's start; the client writes with write_own alone).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import asyncio
+    import weakref
     from typing import Protocol
 
     class Holdable(Protocol):
@@ -74,6 +75,8 @@ class OwnWriter:
         self, stream: str, loop: asyncio.AbstractEventLoop, *, high_water: int = HIGH_WATER
     ) -> None:
         import asyncio
+        import contextlib
+        import weakref
 
         out = sys.stdout if stream == "stdout" else sys.stderr
         with contextlib.suppress(AttributeError, OSError, ValueError):
@@ -161,6 +164,8 @@ class OwnWriter:
             os.close(self._fd)
             self._fd = self._base
         if self._restore is not None:
+            import contextlib
+
             with contextlib.suppress(OSError):
                 fcntl.fcntl(self._base, fcntl.F_SETFL, self._restore)
             self._restore = None
@@ -199,6 +204,8 @@ class OwnWriter:
         self._gone = True
         self._buffer.clear()
         # The stream now points at /dev/null, so that no later flush of ours fails.
+        import contextlib
+
         with contextlib.suppress(OSError):
             _to_devnull(self._base)
 

@@ -12,7 +12,7 @@ zmq.FD is edge-triggered, and any libzmq call can swallow the edge (measured und
 notifier: a handler reading one message per wake-up left messages stuck; a send, or merely
 reading ``EVENTS``, between an arrival and the next loop turn lost the wake-up): so every wake-up
 drains until ``zmq.Again``, and every send is followed by a check of ``EVENTS`` that schedules a
-drain.
+drain (a request's send by the check its wait makes before it blocks, which drains itself).
 
 Under the sandbox's ``RLIMIT_NOFILE`` a descriptor the host hands over may not fit: the kernel
 then drops it (``MSG_CTRUNC``) and the message arrives alone. The link answers the tclet's
@@ -26,6 +26,7 @@ import array
 import contextlib
 import errno
 import os
+import select
 import socket
 import time
 from collections import deque
@@ -59,27 +60,33 @@ _RECV_FLAGS: int = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 class Link:
     """The worker's half of the control plane and the descriptor channel."""
 
-    def __init__(self, spec: p.WorkerSpec, fdsock: socket.socket) -> None:
+    def __init__(
+        self, spec: p.WorkerSpec, fdsock: socket.socket, started: LinkStart | None = None
+    ) -> None:
+        """``started``: the tclet-independent part, made ahead (a warm worker's); None: now."""
         self._spec = spec
         self._fdsock = fdsock
         # socket.recv_fds ignores its flags on Python < 3.12; a non-blocking socket is simpler.
         fdsock.setblocking(False)
-        self._ctx = zmq.Context(io_threads=1)
-        self._dealer = self._ctx.socket(zmq.DEALER)
+        started = started if started is not None else LinkStart()
+        self._ctx, self._dealer = started.ctx, started.dealer
+        self._monitor: zmq.Socket[bytes] | None = started.monitor
+        self._monitor_fds = started.monitor_fds
+        # The routing identity is the tclet's, set before the connect: the host's ROUTER knows
+        # a worker by it from the connection's first frame.
         self._dealer.setsockopt(zmq.IDENTITY, spec.tclet_id.encode())
-        # Bounded linger: a Close sent just before exit should still leave, but never hang exit.
-        self._dealer.setsockopt(zmq.LINGER, 200)
-        # Watched from before the connect, so that its event cannot come before we listen.
-        before = descriptors()
-        self._monitor: zmq.Socket[bytes] | None = self._dealer.get_monitor_socket(
-            zmq.EVENT_CONNECTED
-        )
-        # The monitor's own descriptors (a mailbox per PAIR socket), to see them closed later.
-        self._monitor_fds = {fd: ino for fd, ino in descriptors().items() if fd not in before}
         self._dealer.connect(spec.endpoint)
-        self._poller = zmq.Poller()
-        self._poller.register(self._dealer, zmq.POLLIN)
-        self._poller.register(fdsock, zmq.POLLIN)
+        # A request waits in poll(2) on the DEALER's zmq.FD and the socketpair, not zmq.Poller:
+        # zmq_poll reads EVENTS before and after it blocks, and each look is libzmq's poll(2)
+        # and getpid(2)s. With the looks after the send and after the reply, a request took four;
+        # it takes one now (strace of a tclet's connect-read-close loop: 35 system calls per
+        # grant in the worker before, 10 of them poll and 11 getpid; 24 after, 6 and 7).
+        zfd = self._dealer.getsockopt(zmq.FD)
+        assert isinstance(zfd, int)
+        self._wait = select.poll()
+        self._wait.register(zfd, select.POLLIN)
+        self._wait.register(fdsock.fileno(), select.POLLIN)
+        self._fdsock_fd = fdsock.fileno()
         self._next_req = 1
         self._fds: dict[int, int] = {}
         self._events: deque[p.HostMessage] = deque()
@@ -230,19 +237,25 @@ class Link:
     def _request(self, build: Callable[[int], msgspec.Struct]) -> p.HostMessage:
         req = self._next_req
         self._next_req += 1
-        self._send(build(req))
-        replies, dealer = self._replies, self._dealer
+        replies, dealer, fdsock_fd = self._replies, self._dealer, self._fdsock_fd
+        # No EVENTS look after this send (as _send has): the loop's comes first thing.
+        dealer.send(p.encode(build(req)))
         while req not in replies:
-            # Only what the poll found ready, one socketpair message at a time (a grant's
-            # reply is one): no recvmsg ending in EAGAIN, no drain of an idle DEALER. Both are
-            # level-triggered for this poll, so what is left is found by the next poll or pump.
-            for sock, _ in self._poller.poll():
-                if sock is dealer:
-                    self._drain()
-                else:
+            # zmq.FD is edge-triggered: EVENTS before every block, which also takes the
+            # mailbox's signal (a wake-up with no message does not spin). The socketpair is
+            # level-triggered: one message per wake-up (a grant's reply is one), no recvmsg
+            # ending in EAGAIN; what is left is found by the next poll or pump.
+            if int(dealer.getsockopt(_EVENTS)) & _POLLIN:
+                self._drain()
+                continue
+            for fd, _ in self._wait.poll():
+                if fd == fdsock_fd:
                     self._read_fds(one=True)
-        if self._events or int(dealer.getsockopt(_EVENTS)) & _POLLIN:
-            self._schedule_drain()  # zmq.FD is edge-triggered: the pump must look for itself
+        # No EVENTS look here either: the last one found nothing or was followed by a drain
+        # (events it read are queued), and what arrived since left the mailbox's signal unread,
+        # so zmq.FD stays readable for the Tcl notifier.
+        if self._events:
+            self._schedule_drain()
         reply = self._replies.pop(req)
         if isinstance(reply, p.Denied):
             raise RequestError(reply.message, tuple(reply.errorcode))
@@ -306,6 +319,25 @@ class Link:
 
     def limit_hit(self, limit: str, detail: str) -> None:
         self._send(p.LimitHit(limit=limit[: p.MAX_WORD], detail=detail[: p.MAX_WORD]))
+
+
+class LinkStart:
+    """The part of a link that does not depend on the tclet: the ZeroMQ context, its DEALER
+    (its first socket starts libzmq's I/O thread and reaper) and the connect monitor. A warm
+    worker makes it ahead, once in its cgroup (a thread moved in later, by its id, takes the
+    kernel's global threadgroup lock: 6-16 ms measured here), which saves the ~1.3 ms it costs
+    out of a launch."""
+
+    def __init__(self) -> None:
+        self.ctx = zmq.Context(io_threads=1)
+        self.dealer: zmq.Socket[bytes] = self.ctx.socket(zmq.DEALER)
+        # Bounded linger: a Close sent just before exit should still leave, but never hang exit.
+        self.dealer.setsockopt(zmq.LINGER, 200)
+        # Watched from before the connect, so that its event cannot come before we listen.
+        before = descriptors()
+        self.monitor: zmq.Socket[bytes] = self.dealer.get_monitor_socket(zmq.EVENT_CONNECTED)
+        # The monitor's own descriptors (a mailbox per PAIR socket), to see them closed later.
+        self.monitor_fds = {fd: ino for fd, ino in descriptors().items() if fd not in before}
 
 
 def _await_closed(fds: dict[int, int], timeout: float) -> None:

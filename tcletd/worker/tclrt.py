@@ -102,9 +102,12 @@ class TclRuntime:
         *,
         native_channels: bool = True,
         prepared: tkinter.Tk | None = None,
+        channels_from: Callable[[Callable[[int], None]], ChannelFactory] | None = None,
     ) -> None:
         """``prepared``: an interpreter from :func:`prepare_interp`, made before this process
-        was forked (the zygote's), used once; None: one is made here."""
+        was forked (the zygote's), used once; None: one is made here. ``channels_from``: the
+        channel factory made ahead on ``prepared``, given where its closes go (a warm
+        worker's: :class:`tcletd.worker.main.EarlyChannels`)."""
         self.spec = spec
         self.link = link
         self.tk: tkinter.Tk = prepared if prepared is not None else prepare_interp()
@@ -122,7 +125,11 @@ class TclRuntime:
         self.commands = spec.commands  # the command budget of the policy in force
         self.on_policy: Callable[[PolicyGranted], object] | None = None
         """Called after a ``policy NAME`` was granted (the worker moves its rlimits there)."""
-        self.channels = ChannelFactory(self.tk, self._closed, native=native_channels)
+        self.channels = (
+            channels_from(self._closed)
+            if channels_from is not None
+            else ChannelFactory(self.tk, self._closed, native=native_channels)
+        )
         self._install()
 
     # ---- set-up ----------------------------------------------------------------------------------

@@ -20,13 +20,23 @@ notifier in the child. The zygote's descriptors 1 and 2 are a socket, as a worke
 the standard channels Tcl makes while the interpreter is prepared are socket channels, as they
 were when each worker made its own interpreter on its output socketpair.
 
-A warm pool (``python -m tcletd.worker.zygote FD N``) keeps N children forked ahead, each already
-in its own empty network namespace and waiting on a socketpair of its own: a Spawn then goes to
-a waiting child (its descriptors forwarded as they came), the host hears Spawned at once, and a
-new child is forked after the answer. Everything else a worker does (its cgroup, its link, the
-sandbox) is done after the Spawn, as in a cold worker: a warm worker differs only in that its
-namespace was made before it entered its cgroup, so that namespace's small kernel allocation is
-charged to the host's cgroup instead of the worker's.
+A warm pool (``python -m tcletd.worker.zygote FD N``) keeps children forked ahead, one per Warm
+the host sends (at most N queued), which names the cgroup the host made for that child alone.
+The child does ahead everything that does not depend on its tclet
+(:class:`tcletd.worker.main.Ahead`): it enters that cgroup first (through ``tasks`` while it has
+one thread, so every thread and page it makes from then on is the cgroup's), its own empty
+network namespace, makes its link's ZeroMQ context and DEALER and starts Tcl's notifier, then
+waits on a socketpair of its own. The zygote gives the host its end of that socketpair and a
+pidfd for the child (a WarmChild) and keeps nothing of it but the duty to reap it: the host sends
+the child's Spawn to the child itself, without waking the zygote (traced on 2 cores, 30
+launches each, alternated: from the host's send to the child's first instruction 0.7-0.9 ms
+through the zygote, 0.3-0.5 ms straight; and the host's Spawned no longer competes with the
+worker's start). The zygote reports every child's exit, a warm one's too (the host, which
+knows whether it took it, asks for another in its cgroup if not). A Spawn the zygote does get
+that names a warm cgroup (its child not forked yet, announced too late, or dead) is forked cold
+into that cgroup, and the queued slot is dropped.
+What stays after the Spawn: the tclet's identity and connect, the interpreter's fitting, the
+rlimits and the seccomp filter.
 
 The zygote dies with the host (SIGKILL on its parent's death, or end of file on its socket), and
 its workers die with it.
@@ -55,6 +65,10 @@ from tcletd.shared.errors import EXIT_SOFTWARE
 REFILL_QUIET = 0.05
 # What travels with a Spawn: the spec's memfd, the descriptor channel, stdout, stderr.
 SPAWN_FDS = 4
+# What _serve took: the end of the host's stream, a Spawn, anything else.
+_END, _SPAWNED, _OTHER = object(), object(), object()
+# A warm child's place: the cgroup.procs files of the cgroup the host made for it.
+Slot = tuple[str, ...]
 
 
 def main(argv: list[str]) -> int:
@@ -87,7 +101,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake select through wake_w
     _send(sock, wire.Ready(pid=os.getpid()))
 
-    def child(msg: wire.Spawn, fds: list[int], *, isolated: bool = False) -> None:
+    def child(msg: wire.Spawn, fds: list[int], ahead: worker.Ahead | None = None) -> None:
         spec = _read_all(fds[0])
         os.close(fds[0])
         worker.run(
@@ -97,12 +111,13 @@ def main(argv: list[str]) -> int:
             socket.socket(fileno=fds[3]),
             msg.cgroup_procs,
             prepared,
-            isolated=isolated,
+            ahead=ahead,
         )
 
-    pool = WarmPool(warm, child)
-    while pool.refill():
-        pass
+    def announce(pid: int, slot: Slot, end: int, pidfd: int) -> None:
+        _send(sock, wire.WarmChild(pid=pid, cgroup_procs=list(slot)), end, pidfd)
+
+    pool = WarmPool(warm, child, prepared, announce)
     busy_until = 0.0
     while True:
         wait = None if pool.full() else max(0.0, busy_until - time.monotonic())
@@ -110,30 +125,45 @@ def main(argv: list[str]) -> int:
         if wake_r in readable:
             with contextlib.suppress(BlockingIOError):
                 os.read(wake_r, 4096)
-            _reap(sock, pool)
+            _reap(sock)
         if sock.fileno() in readable:
-            if not _serve(sock, child, pool):
+            served = _serve(sock, child, pool)
+            if served is _END:
                 return 0
-            busy_until = time.monotonic() + REFILL_QUIET
+            if served is _SPAWNED:
+                busy_until = time.monotonic() + REFILL_QUIET
         elif not readable:
             pool.refill()
 
 
 class WarmPool:
-    """Children forked ahead, each in its own network namespace, waiting for a Spawn."""
+    """Children forked ahead, each in the cgroup the host made for it (a :class:`~tcletd.shared.
+    spawn.Warm` names it) and in its own network namespace, its link's threads started; each is
+    announced to the host with its socketpair end (a WarmChild) and waits for the host's Spawn."""
 
-    def __init__(self, size: int, child: Any) -> None:
+    def __init__(self, size: int, child: Any, prepared: Any, announce: Any) -> None:
+        """``announce(pid, slot, end, pidfd)``: hand a forked child to the host."""
         self.size = size
         self._child = child
-        self._waiting: collections.deque[tuple[int, socket.socket]] = collections.deque()
+        self._prepared = prepared
+        self._announce = announce
+        self._slots: collections.deque[Slot] = collections.deque()  # to fork, in order
 
     def full(self) -> bool:
-        return len(self._waiting) >= self.size
+        """Nothing to fork."""
+        return not self._slots
+
+    def add(self, slot: Slot) -> None:
+        """A cgroup for one more child (ignored past the pool's size of slots not forked yet:
+        the host names one per child it does not hold)."""
+        if len(self._slots) < self.size:
+            self._slots.append(slot)
 
     def refill(self) -> bool:
-        """Fork one more waiting child; False if the pool is full or the fork failed (the
-        next Spawn then forks cold, and a later quiet moment tries again)."""
-        if self.full():
+        """Fork one more waiting child and announce it; False if there is no slot to fill or
+        the fork failed (the slot's Spawn then forks cold, and a later quiet moment tries
+        again)."""
+        if not self._slots:
             return False
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -142,40 +172,44 @@ class WarmPool:
             ours.close()
             theirs.close()
             return False
+        slot = self._slots.popleft()
         if pid == 0:
             _as_child()
-            ours.detach()  # closed with the rest of the zygote's (the worker's first step)
-            self._wait(theirs)
+            self._wait(theirs, slot)
         theirs.close()
-        self._waiting.append((pid, ours))
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # out of descriptors: the host gets its exit (its Spawn forks cold)
+            os.kill(pid, signal.SIGKILL)
+            ours.close()
+            return False
+        try:
+            self._announce(pid, slot, ours.fileno(), pidfd)
+        finally:
+            ours.close()
+            os.close(pidfd)
         return True
 
-    def take(self) -> tuple[int, socket.socket] | None:
-        return self._waiting.popleft() if self._waiting else None
+    def take(self, slot: Slot) -> None:
+        """A Spawn came for ``slot``: its child is not forked later (the Spawn's own child
+        takes the cgroup)."""
+        with contextlib.suppress(ValueError):
+            self._slots.remove(slot)
 
-    def forget(self, pid: int) -> bool:
-        """A waiting child died (it was not the host's); True if it was one."""
-        for entry in self._waiting:
-            if entry[0] == pid:
-                self._waiting.remove(entry)
-                entry[1].close()
-                return True
-        return False
-
-    def _wait(self, sock: socket.socket) -> None:
-        """In a warm child: isolate, then wait for the Spawn the zygote forwards; never returns."""
-        from tcletd.worker import netns
-        from tcletd.worker.main import die_with_parent
+    def _wait(self, sock: socket.socket, slot: Slot) -> None:
+        """In a warm child: start what does not depend on the tclet
+        (:class:`tcletd.worker.main.Ahead`), then wait for the Spawn the host sends; never
+        returns. End of file (the host let it go, or is gone): exit."""
+        from tcletd.worker.main import Ahead
 
         try:
-            die_with_parent()
-            netns.enter()
+            ahead = Ahead(sock.fileno(), slot, self._prepared)
             sock.setblocking(True)
             data, fds, flags, _ = socket.recv_fds(sock, wire.MAX_SPAWN, SPAWN_FDS)
             if not data or len(fds) != SPAWN_FDS or flags & socket.MSG_CTRUNC:
-                os._exit(0)  # the zygote is gone, or sent what it should not have
-            sock.detach()
-            self._child(wire.SPAWN_DECODER.decode(data), fds, isolated=True)
+                os._exit(0)  # the host is gone, or sent what it should not have
+            sock.close()
+            self._child(wire.SPAWN_DECODER.decode(data), fds, ahead)
         except BaseException:
             traceback.print_exc()
         os._exit(EXIT_SOFTWARE)
@@ -189,40 +223,44 @@ def _as_child() -> None:
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
 
 
-def _serve(sock: socket.socket, child: Any, pool: WarmPool) -> bool:
-    """Take one Spawn and fork for it (or hand it to a warm child); False at the end of the
-    host's stream."""
+def _serve(sock: socket.socket, child: Any, pool: WarmPool) -> object:
+    """Take one message: a Spawn, forked for (or handed to a warm child), or a Warm; _END at
+    the end of the host's stream."""
     data, fds, flags, _ = socket.recv_fds(sock, wire.MAX_SPAWN, SPAWN_FDS)
     if not data:
-        return False
+        return _END
     try:
-        msg = wire.SPAWN_DECODER.decode(data)
+        msg = wire.HOST_DECODER.decode(data)
     except Exception as exc:  # the host is ours, but a message it did not mean ends nothing
         for fd in fds:
             os.close(fd)
         sys.stderr.write(f"tcletd zygote: bad spawn request: {exc}\n")
-        return True
+        return _OTHER
+    if isinstance(msg, wire.Warm):
+        for fd in fds:
+            os.close(fd)
+        pool.add(tuple(msg.cgroup_procs))
+        return _OTHER
     if len(fds) != SPAWN_FDS or flags & socket.MSG_CTRUNC:
         for fd in fds:
             os.close(fd)
         _send(sock, wire.SpawnFailed(seq=msg.seq, error=f"{len(fds)} descriptors came with it"))
-        return True
-    pid = _handed(pool, data, fds)
-    if pid is None:
+        return _SPAWNED
+    pool.take(tuple(msg.cgroup_procs))
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        _send(sock, wire.SpawnFailed(seq=msg.seq, error=f"fork: {exc.strerror}"))
+        return _SPAWNED
+    if pid == 0:
         try:
-            pid = os.fork()
-        except OSError as exc:
-            for fd in fds:
-                os.close(fd)
-            _send(sock, wire.SpawnFailed(seq=msg.seq, error=f"fork: {exc.strerror}"))
-            return True
-        if pid == 0:
-            try:
-                _as_child()
-                child(msg, fds)
-            except BaseException:
-                traceback.print_exc()
-            os._exit(EXIT_SOFTWARE)  # run() never returns
+            _as_child()
+            child(msg, fds)
+        except BaseException:
+            traceback.print_exc()
+        os._exit(EXIT_SOFTWARE)  # run() never returns
     for fd in fds:
         os.close(fd)
     try:
@@ -230,29 +268,15 @@ def _serve(sock: socket.socket, child: Any, pool: WarmPool) -> bool:
     except OSError as exc:  # not reaped yet, so it exists: only a lack of descriptors
         os.kill(pid, signal.SIGKILL)
         _send(sock, wire.SpawnFailed(seq=msg.seq, error=f"pidfd_open: {exc.strerror}"))
-        return True
+        return _SPAWNED
     try:
         _send(sock, wire.Spawned(seq=msg.seq, pid=pid), pidfd)
     finally:
         os.close(pidfd)
-    return True
+    return _SPAWNED
 
 
-def _handed(pool: WarmPool, data: bytes, fds: list[int]) -> int | None:
-    """The warm child that took the Spawn; None if none could (the caller forks one)."""
-    while (waiting := pool.take()) is not None:
-        pid, to_child = waiting
-        try:
-            socket.send_fds(to_child, [data], fds)
-        except OSError:  # it died while it waited: its exit is reaped as a stranger's
-            continue
-        finally:
-            to_child.close()
-        return pid
-    return None
-
-
-def _reap(sock: socket.socket, pool: WarmPool) -> None:
+def _reap(sock: socket.socket) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -260,21 +284,16 @@ def _reap(sock: socket.socket, pool: WarmPool) -> None:
             return
         if pid == 0:
             return
-        if not pool.forget(pid):
-            _send(sock, wire.Exited(pid=pid, exitcode=os.waitstatus_to_exitcode(status)))
+        _send(sock, wire.Exited(pid=pid, exitcode=os.waitstatus_to_exitcode(status)))
 
 
-def _send(
-    sock: socket.socket,
-    msg: wire.Ready | wire.Spawned | wire.SpawnFailed | wire.Exited,
-    fd: int | None = None,
-) -> None:
+def _send(sock: socket.socket, msg: wire.ZygoteMessage, *fds: int) -> None:
     data = wire.ENCODER.encode(msg)
     try:
-        if fd is None:
+        if not fds:
             sock.sendall(data)
         else:
-            socket.send_fds(sock, [data], [fd])
+            socket.send_fds(sock, [data], list(fds))
     except BrokenPipeError:
         os._exit(0)  # the host is gone; the workers follow (their parent-death signal)
 
@@ -304,5 +323,16 @@ def _quiet_standard_streams() -> None:
     sys.stderr = open(diagnostics, "w", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
 
 
+def entry() -> None:
+    """The zygote's process (``python -c`` from the host, :data:`tcletd.host.factory.COMMAND`,
+    or ``python -m tcletd.worker.zygote FD [WARM]``): :func:`main`, then out without the
+    interpreter's teardown. The zygote has nothing to remove and its stderr is line-buffered,
+    while freeing its heap (Tcl's interpreter, every import) took 11 ms after the host's end of
+    file (strace), and a closing host waits for its zygote's exit."""
+    status = main(sys.argv)
+    sys.stderr.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    entry()

@@ -44,7 +44,7 @@ def test_a_socket_whose_lock_is_held_is_in_use_before_it_listens(tmp_path: Path)
 def test_the_status_is_documented() -> None:
     from support import ROOT
 
-    from tcletd.cli.main import SERVE_EPILOG
+    from tcletd.cli.commands import SERVE_EPILOG
 
     assert f"{EXIT_IN_USE} the socket is in use" in SERVE_EPILOG
     readme = (ROOT / "README.md").read_text()

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tcletd.api import Host
-from tcletd.cli import main as cli
+from tcletd.cli import commands as cli
 from tcletd.cli.client import launch_fields
 from tcletd.host.connection import ControlConnection
 from tcletd.host.ops import OPERATIONS, unknown_op
@@ -339,9 +339,9 @@ def test_a_run_on_a_resident_host_imports_no_host_engine_or_msgspec(tmp_path: Pa
     heavy = ("asyncio", "zmq", "msgspec", "typing", "dataclasses", "tcletd.host", "tcletd.api")
     loaded = [m for m in modules if m.startswith(heavy)]
     assert loaded == [], loaded
-    # Of the policy package, only its lazy face and the actions registry (for --action's choices).
+    # Nothing of the policy package: the actions registry is for policy check's parser alone.
     policy = [m for m in modules if m.startswith("tcletd.policy")]
-    assert policy == ["tcletd.policy", "tcletd.policy.actions"], policy
+    assert policy == [], policy
 
 
 def test_a_reply_decided_before_the_connection_failed_is_not_written_after_it(

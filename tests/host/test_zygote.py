@@ -11,25 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.hosting import quiet, worker_pid
+from support.hosting import quiet, worker_pid, zygote_of
 from support.system import pid_alive
 from support.waiting import until
 
 from tcletd.api import Host
 from tcletd.host.bounds import Bounds
 from tcletd.host.control import ControlServer
-from tcletd.host.factory import Zygote
 from tcletd.host.tclet import Tclet
 from tcletd.shared.control import FrameReader, encode, hello
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _zygote(host: Host) -> Zygote:
-    assert host._services is not None
-    zygote = host._services.supervisor._zygote
-    assert zygote is not None
-    return zygote
 
 
 def _parent(pid: int) -> int:
@@ -50,7 +42,7 @@ def test_workers_are_forks_of_one_zygote_that_holds_nothing_per_worker() -> None
         async with Host() as host:
             first = await host.run_tclet("puts warm", **quiet())
             assert first.status == 0
-            zygote = _zygote(host)
+            zygote = zygote_of(host)
             pid = zygote.process.pid
             before = _fds(pid)
             outs = [[] for _ in range(20)]  # type: list[list[bytes]]
@@ -78,7 +70,7 @@ def test_a_kill_decided_before_the_fork_reaches_the_worker(how: str) -> None:
     async def scenario() -> None:
         async with Host() as host:
             assert (await host.run_tclet("puts warm", **quiet())).status == 0
-            zygote = _zygote(host)
+            zygote = zygote_of(host)
             os.kill(zygote.process.pid, signal.SIGSTOP)
             try:
                 tclet = host.launch("puts up; vwait forever", **quiet())
@@ -109,7 +101,7 @@ def test_a_lost_zygote_ends_its_workers_and_the_next_launch_takes_a_new_one() ->
             out: list[bytes] = []
             running = host.launch("puts up; vwait forever", on_stdout=out.append, on_stderr=print)
             await _printed(running, out, b"up\n")
-            lost = _zygote(host)
+            lost = zygote_of(host)
             os.kill(lost.process.pid, signal.SIGKILL)
             result = await asyncio.wait_for(running.wait(), 20)
             assert result.status == 137, result  # killed with its zygote (its parent-death signal)
@@ -120,7 +112,7 @@ def test_a_lost_zygote_ends_its_workers_and_the_next_launch_takes_a_new_one() ->
                 host.run_tclet("puts again", on_stdout=again.append, on_stderr=print), 30
             )
             assert (after.status, b"".join(again)) == (0, b"again\n")
-            assert _zygote(host) is not lost
+            assert zygote_of(host) is not lost
 
     asyncio.run(scenario())
 
@@ -146,7 +138,7 @@ def test_a_launch_the_lost_zygote_never_answered_ends_with_the_reason() -> None:
     async def scenario() -> None:
         async with Host() as host:
             assert (await host.run_tclet("puts warm", **quiet())).status == 0
-            lost = _zygote(host)
+            lost = zygote_of(host)
             os.kill(lost.process.pid, signal.SIGSTOP)
             tclet = host.launch("puts never", **quiet())
             await asyncio.sleep(0.1)
@@ -173,7 +165,7 @@ def test_a_client_waiting_for_a_launch_reply_is_not_evicted_as_idle(tmp_path: Pa
             path = tmp_path / "control.sock"
             server = ControlServer(host, path, bounds=Bounds(idle_deadline=0.3))
             await server.start()
-            zygote = _zygote(host)
+            zygote = zygote_of(host)
             reader, writer = await asyncio.open_unix_connection(str(path))
             os.kill(zygote.process.pid, signal.SIGSTOP)
             try:

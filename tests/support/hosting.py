@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from tcletd.api import Host
+from tcletd.host.factory import Zygote
 from tcletd.host.tclet import Tclet
 from tcletd.worker.sandbox import read_limits
 
@@ -24,6 +25,14 @@ def worker_pid(tclet: Tclet) -> int:
     """The pid of the tclet's worker, which must be forked by now (it printed, or is running)."""
     assert tclet.worker is not None and tclet.worker.pid is not None, "its worker is not forked yet"
     return tclet.worker.pid
+
+
+def zygote_of(host: Host) -> Zygote:
+    """The zygote a started host forks its workers from."""
+    assert host._services is not None
+    zygote = host._services.supervisor._zygote
+    assert zygote is not None
+    return zygote
 
 
 def _drop(_data: bytes) -> None:

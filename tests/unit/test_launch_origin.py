@@ -41,3 +41,6 @@ def test_the_default_origin_is_a_file_url_on_localhost(tmp_path: Path) -> None:
         assert origin.known and origin.proto == "file" and origin.socket_host == "localhost"
     assert Origin.parse(default_origin()).home_dir_url == f"file://{quote(os.getcwd())}/"
     assert Origin.parse(default_origin(str(script))).path.endswith("/dir%20with%20space/t.tcl")
+    # Every byte a path can hold is quoted as urllib quotes it (tcletd quotes without urllib).
+    odd = tmp_path / os.fsdecode(bytes(b for b in range(1, 256) if b != ord("/")))
+    assert default_origin(str(odd)) == "file://" + quote(os.fsencode(os.path.realpath(odd)))

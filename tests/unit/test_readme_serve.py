@@ -8,7 +8,7 @@ import re
 
 from support import ROOT
 
-from tcletd.cli.main import COMMANDS
+from tcletd.cli.commands import COMMANDS
 
 
 def _help_options() -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tcletd.cli.main import build_parser
+from tcletd.cli.commands import build_parser
 from tcletd.policy import ACTIONS, load_policy, policy_from_text
 from tcletd.policy.actions import ORIGIN_HOST, action_spec
 from tcletd.policy.addresses import Origin

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import socket
 import threading
+import time
 import tkinter
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,6 +97,52 @@ def test_a_grant_arrives_close_on_exec_and_a_refusal_as_the_tclets_error(
             link.connect(HOST, "1", "", "", False)
         thread.join(10)
         assert (refused.value.message, refused.value.errorcode) == ("permission denied", ("X",))
+    finally:
+        link.shutdown()
+        host.close()
+
+
+def _event_then_grant(host: FakeHost, sock: socket.socket, gap: float) -> threading.Thread:
+    """In a thread: take one request, send an event over ZeroMQ, ``gap`` seconds later the
+    grant on the socketpair."""
+
+    def run() -> None:
+        ident, raw = host.router.recv_multipart()
+        msg = p.WORKER_DECODER.decode(raw)
+        assert isinstance(msg, p.Connect)
+        event = p.QuotaExceeded(quota="bytes_sent", message="over")
+        host.router.send_multipart([ident, p.encode(event)])
+        time.sleep(gap)
+        socket.send_fds(host.ours, [p.encode(p.Granted(req=msg.req, sock=5))], [sock.fileno()])
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.2])
+def test_an_event_that_comes_during_a_request_is_kept_for_the_pump(
+    tmp_path: Path, echo: TcpServer, gap: float
+) -> None:
+    """The request's wait reads no EVENTS after its reply: an event it drained is queued, and
+    one it did not read left zmq.FD readable, so the Tcl notifier wakes the pump for it."""
+    host = FakeHost(tmp_path)
+    link = Link(make_spec("", endpoint=host.endpoint, tclet_id="t1"), host.theirs)
+    try:
+        assert link.wait_connected(timeout=10)
+        with socket.create_connection((HOST, echo.port)) as sock:
+            thread = _event_then_grant(host, sock, gap)
+            sock_id, fd = link.connect(HOST, str(echo.port), "", "", False)
+            thread.join(10)
+            os.close(fd)
+        assert sock_id == 5
+        zfd = link._dealer.getsockopt(zmq.FD)
+        assert isinstance(zfd, int)
+        queued = list(link._events) or select.select([zfd], [], [], 5)[0]
+        assert queued, "the event is neither queued nor signalled on zmq.FD"
+        link._pump()  # what the notifier's wake-up runs (no runtime: it only reads)
+        events = list(link._events)
+        assert events == [p.QuotaExceeded(quota="bytes_sent", message="over")]
     finally:
         link.shutdown()
         host.close()

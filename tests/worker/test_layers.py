@@ -208,9 +208,15 @@ def test_a_refused_namespace_is_reported_not_claimed() -> None:
 @needs_netns
 def test_without_libseccomp_the_worker_runs_unfiltered_and_doctor_says_why() -> None:
     code = """
-import ctypes.util
+import ctypes, ctypes.util
 find = ctypes.util.find_library
 ctypes.util.find_library = lambda name: None if name == "seccomp" else find(name)
+load = ctypes.CDLL.__init__
+def refuse(self, name, *args, **kwargs):  # neither ldconfig nor the loader finds it
+    if name and "libseccomp" in str(name):
+        raise OSError(f"{name}: cannot open shared object file")
+    load(self, name, *args, **kwargs)
+ctypes.CDLL.__init__ = refuse
 from tcletd.worker import sandbox
 print("\\n".join(sandbox.selftest()))
 """
