@@ -134,7 +134,7 @@ class Host(TcletVerbs):
         self._audit_path = audit
         self._master_path = master
         self._grace = grace
-        self._totals = HostTotals(max_workers=max_workers, max_sockets=max_sockets)
+        self._totals = HostTotals(max_workers=max_workers, max_sockets=max_sockets, warm=warm)
         self._services: Services | None = None
         self._watchdog: Watchdog | None = None
         self._run_dir: RunDir | None = None

@@ -102,6 +102,8 @@ def workers_message(limit: int) -> str:
 # forked, its three ends, its worker's pidfd and its ROUTER connection.
 DESCRIPTORS_STARTING = 7
 DESCRIPTORS_PER_TCLET = 5
+# A warm child handed to the host ahead of its launch: its socket end and its pidfd.
+DESCRIPTORS_PER_WARM = 2
 # The host's own, kept out of the tclets' reach (control clients, the zygote's socket, the
 # resolver, logs, the run directory): this many, or a quarter of a smaller limit's.
 DESCRIPTORS_RESERVED = 128
@@ -119,6 +121,7 @@ def descriptors_short(totals: HostTotals) -> str | None:
         (totals.workers - totals.starting) * DESCRIPTORS_PER_TCLET
         + totals.starting * DESCRIPTORS_STARTING
         + totals.sockets
+        + totals.warm * DESCRIPTORS_PER_WARM
         + reserved
     )
     if held + DESCRIPTORS_STARTING <= limit:
@@ -192,6 +195,7 @@ class HostTotals:
     workers: int = 0
     sockets: int = 0
     starting: int = 0  # of the workers, those whose fork has not come yet
+    warm: int = 0  # the warm pool's size: children forked ahead, DESCRIPTORS_PER_WARM each
 
 
 @dataclass

@@ -57,9 +57,13 @@ def test_an_eviction_is_audited_with_the_evicted_client(sock: Path, audit: Path)
         with connect(sock), connect(sock):
             assert _told(first) == evicted
             wait_until(lambda: _control(audit, "evicted"))
-            [record] = _control(audit, "evicted")
-            assert record["client"] == ME and record["detail"] == evicted
-            assert "tclet" not in record and "suppressed" not in record
+            # Two when the host took the new connections before the status one's end of file
+            # (it then still held two): each is a record of its own, naming its client.
+            records = _control(audit, "evicted")
+            assert 1 <= len(records) <= 2, records
+            for record in records:
+                assert record["client"] == ME and record["detail"] == evicted
+                assert "tclet" not in record and "suppressed" not in record
 
 
 def test_a_refusal_is_audited(sock: Path, audit: Path) -> None:
