@@ -232,13 +232,16 @@ def report_missing(sock: Path) -> None:
         conn.connect(str(sock))
         conn.sendall(hello() + encode({"op": "ps", "all": True}))
         reader = FrameReader(1 << 24)
+        rows: list[dict[str, object]] = []
         while True:
             data = conn.recv(1 << 16)
             if not data:
                 return
             for header, _ in reader.feed(data):
                 if header.get("event") == "ps":
-                    rows = header["tclets"]
+                    rows += header["tclets"]
+                    if header.get("more") is True:
+                        continue  # a long listing comes in several frames
                     ended = collections.Counter(
                         f"{r['status']} {r['reason']}" for r in rows if r["state"] == "ended"
                     )

@@ -170,13 +170,15 @@ sub ps {
     my @flags = @_;
     my $all = (@flags && $flags[0] eq '--all') ? 'true' : 'false';
     send_frames(hello(), undef, qq({"op":"ps","all":$all}));
-    my ($event, $reply) = reply();
-    for my $row (objects_in($reply, 'tclets')) {
-        printf "%s %-8s %-8s %s %s\n", string_field($row, 'id'), string_field($row, 'state'),
-            string_field($row, 'policy'), scalar_field($row, 'status'),
-            string_field($row, 'script');
+    while (1) {  # a long listing comes in several frames, each but the last with "more":true
+        my ($event, $reply) = reply();
+        for my $row (objects_in($reply, 'tclets')) {
+            printf "%s %-8s %-8s %s %s\n", string_field($row, 'id'), string_field($row, 'state'),
+                string_field($row, 'policy'), scalar_field($row, 'status'),
+                string_field($row, 'script');
+        }
+        return 0 unless $reply =~ /^\{"event":"ps","more":true,/;
     }
-    return 0;
 }
 
 sub wait_for {

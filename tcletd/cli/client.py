@@ -277,6 +277,7 @@ def status(host: str | Path) -> int:
     sock = connect(host)
     try:
         sock.sendall(encode({"op": "status"}))
+        count = 0
         for header, _ in _frames(sock, FrameReader(0)):
             if header.get("event") == "hello":
                 continue
@@ -285,7 +286,10 @@ def status(host: str | Path) -> int:
             tclets = header.get("tclets", [])
             for entry in tclets:
                 print(status_line(entry).removeprefix("tcletd: "))
-            print(f"{len(tclets)} tclet(s) running on {host}", file=sys.stderr)
+            count += len(tclets)
+            if header.get("more") is True:
+                continue  # a long listing comes in several frames
+            print(f"{count} tclet(s) running on {host}", file=sys.stderr)
             return EXIT_OK
     finally:
         sock.close()

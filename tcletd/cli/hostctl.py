@@ -68,6 +68,19 @@ def _reply(host: str, frame: bytes, event: str) -> dict[str, Any]:
     raise AssertionError("not reached")  # replies raises when the host hangs up
 
 
+def _rows(host: str, frame: bytes, event: str) -> list[Any]:
+    """The rows of a listing the host sends as one or more ``event`` frames (each but the last
+    says ``"more": true``: a header holds 64 KiB)."""
+    rows: list[Any] = []
+    for header, _ in replies(host, frame):
+        if header.get("event") == event:
+            got = header.get("tclets")
+            rows.extend(got if isinstance(got, list) else [])
+            if header.get("more") is not True:
+                return rows
+    raise AssertionError("not reached")  # replies raises when the host hangs up
+
+
 def _streamed(host: str, frame: bytes, take: Callable[[str, dict[str, Any], bytes], None]) -> int:
     """Hand each reply but the greeting to ``take`` until the host's ``eof`` (0)."""
     for header, payload in replies(host, frame):
@@ -102,7 +115,7 @@ def ps(args: Any, host: str) -> int:
     """``tcletd ps``: a row per tclet, as a table or (``--json``) a JSON array."""
 
     def go() -> int:
-        rows = _reply(host, encode({"op": "ps", "all": bool(args.all)}), "ps").get("tclets", [])
+        rows = _rows(host, encode({"op": "ps", "all": bool(args.all)}), "ps")
         rows = [{k: row.get(k) for k in PS_KEYS} for row in rows if isinstance(row, dict)]
         if args.json:
             print(json.dumps(rows, indent=None), flush=True)

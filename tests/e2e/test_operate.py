@@ -23,9 +23,9 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 import pytest
-from support import ROOT
+from support import EXAMPLES, ROOT
 from support.audit import audit_records
-from support.processes import Ran, run_tcletd
+from support.processes import Ran, run_bounded, run_tcletd
 from support.waiting import wait_until
 from support.wire import Serving, connect, exchange, frames_from, serving, tiny_run
 
@@ -155,6 +155,26 @@ def test_ps_all_and_json(host: Operated) -> None:
     ]
     assert str(rows[0]["script"]).endswith("three.tcl")
     assert str(rows[0]["origin"]).startswith("file://")
+
+
+def test_a_ps_longer_than_a_frame_header_comes_whole(host: Operated) -> None:
+    """40 tclets whose origins are ~2 KiB each: their rows pass a frame header's 64 KiB, so the
+    host cuts the listing into frames and ``ps`` and the Perl client put them together."""
+    deep = Path(*["d" * 250] * 8)
+    (host.scripts / deep).mkdir(parents=True)
+    path = host.script(FOREVER, str(deep / "long.tcl"))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        launched = list(pool.map(lambda _: tcletd("launch", path, timeout=60), range(40)))
+    assert [d.status for d in launched] == [0] * 40, [d for d in launched if d.status]
+    ids = {d.stdout.split()[-1] for d in launched}
+    rows = host.ps()
+    assert sum(len(json.dumps(r)) for r in rows) > 64 * 1024
+    assert {r["id"] for r in rows} == ids and len(rows) == 40
+    assert all(str(r["origin"]).endswith("long.tcl") for r in rows)
+    assert len(tcletd("ps").stdout.splitlines()) == 1 + 40  # its header and a line each
+    perl = run_bounded(["perl", str(EXAMPLES / "tcletd-client.pl"), str(host.sock), "ps"], 30)
+    assert perl.status == 0, perl
+    assert {line.split()[0] for line in perl.stdout.splitlines()} == ids
 
 
 def test_logs_tail_streams_and_follow(host: Operated) -> None:

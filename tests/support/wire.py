@@ -128,11 +128,21 @@ def exchange(sock: Path, *frames: bytes, until: str, timeout: float = 10.0) -> l
 
 def status(sock: Path, timeout: float = 10.0) -> list[Frame]:
     """``tcletd status``'s question, raw: one entry per running tclet."""
-    got = exchange(sock, encode({"op": "status"}), until="status", timeout=timeout)
-    assert got and got[-1]["event"] == "status", got
-    tclets = got[-1]["tclets"]
-    assert isinstance(tclets, list)
-    return tclets
+    tclets: list[Frame] = []
+    with connect(sock, timeout) as conn:
+        conn.sendall(encode({"op": "status"}))
+        reader = FrameReader(0)
+        while data := conn.recv(1 << 16):
+            for header, _ in reader.feed(data):
+                if header.get("event") == "hello":
+                    continue
+                assert header.get("event") == "status", header
+                rows = header["tclets"]
+                assert isinstance(rows, list)
+                tclets += rows
+                if header.get("more") is not True:  # a long listing: several frames
+                    return tclets
+    raise AssertionError("the host hung up before its status listing ended")
 
 
 def tiny_run(sock: Path, timeout: float = 20.0) -> None:

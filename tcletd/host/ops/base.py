@@ -8,9 +8,12 @@ and the connection closes (:class:`tcletd.host.control.ControlConnection`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+import json
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
+
+from tcletd.shared.control import MAX_HEADER
 
 if TYPE_CHECKING:
     from tcletd.host.host import Host
@@ -49,6 +52,33 @@ class Session(Protocol):
 
 
 Handler = Callable[[Session, dict[str, Any], bytes], None]
+
+# Room left in a header for the event's name and the ``more`` flag around the rows.
+_FRAME_SLACK = 256
+
+
+def row_frames(event: str, rows: Sequence[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """``{"event": event, "tclets": rows}`` as frames each within the wire's header limit: a
+    host of 2,000 tclets has ~400 KiB of ``ps`` rows, and a header longer than 64 KiB is a
+    broken frame to every client. All but the last say ``"more": true``; one frame, without
+    it, when the rows fit (as before, for any number of tclets a header holds)."""
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for row in rows:
+        # Measured once here, encoded again by the send: ~10 us a row, a ps of 3,000 ~30 ms.
+        length = len(json.dumps(row, separators=(",", ":")).encode()) + 1
+        if batch and size + length > MAX_HEADER - _FRAME_SLACK:
+            yield {"event": event, "more": True, "tclets": batch}
+            batch, size = [], 0
+        batch.append(row)
+        size += length
+    yield {"event": event, "tclets": batch}
+
+
+def send_rows(session: Session, event: str, rows: Sequence[dict[str, Any]]) -> None:
+    """Send ``rows`` as :func:`row_frames` cuts them."""
+    for frame in row_frames(event, rows):
+        session.send(frame)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tcletd.host.ops.base import Operation, Session
+from tcletd.host.ops.base import Operation, Session, send_rows
 from tcletd.shared.launch import RequestInvalid
 
 
@@ -15,7 +15,7 @@ def handle(session: Session, header: dict[str, Any], payload: bytes) -> None:
     every = header.get("all", False)
     if not isinstance(every, bool):
         raise RequestInvalid(f"ps: all: expected true or false, got {str(every)[:20]!r}")
-    session.send({"event": "ps", "tclets": session.host.list(all=every)})
+    send_rows(session, "ps", session.host.list(all=every))
 
 
 OPERATION = Operation("ps", handle, "list the host's tclets (all: the ended ones it keeps too)")

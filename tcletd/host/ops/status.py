@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from tcletd.host.ops.base import Operation, Session
+from tcletd.host.ops.base import Operation, Session, send_rows
 
 
 def handle(session: Session, header: dict[str, Any], payload: bytes) -> None:
-    session.send({"event": "status", "tclets": session.host.status()})
+    send_rows(session, "status", session.host.status())
 
 
 OPERATION = Operation("status", handle, "list every tclet running on the host")
