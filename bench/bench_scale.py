@@ -161,8 +161,10 @@ def pss_per_process(pids: Sequence[int]) -> float:
 
 
 @contextlib.contextmanager
-def served(sock: Path, n: int) -> Iterator[subprocess.Popen[bytes]]:
+def served(sock: Path, n: int, warm: int | None) -> Iterator[subprocess.Popen[bytes]]:
     args = ["--max-workers", str(n + 10), "--max-sockets", str(4 * n + 100), "--penalty", "0"]
+    if warm is not None:
+        args += ["--warm", str(warm)]
     log = sock.parent / "serve.log"  # a file, not a pipe nobody reads: the host never blocks
     sock.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as err:
@@ -179,6 +181,9 @@ def served(sock: Path, n: int) -> Iterator[subprocess.Popen[bytes]]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"tcletd serve did not start: {log.read_text()[-500:]!r}")
             time.sleep(0.05)
+        if warm:
+            # The pool fills once the host is quiet: ~5 ms of forking and preparing a child.
+            time.sleep(0.3 + 0.02 * warm)
         yield proc
     finally:
         # The host first: nothing that goes wrong below may leave it and its workers running.
@@ -263,10 +268,12 @@ def host_cpu(proc: subprocess.Popen[bytes], seconds: float) -> float:
     return (total() - before) / (time.monotonic() - t0)
 
 
-def run_tcletd(n: int, server: LineServer, tmp: Path, timeout: float) -> Result:
+def run_tcletd(
+    n: int, server: LineServer, tmp: Path, timeout: float, warm: int | None = None
+) -> Result:
     script = tmp / "idle.tcl"
     script.write_text(SCRIPT)
-    with served(tmp / f"run{n}" / "control.sock", n) as proc:
+    with served(tmp / f"run{n}" / "control.sock", n, warm) as proc:
         server.reset()
         start = time.monotonic()
         pids = launch_all(tmp / f"run{n}" / "control.sock", script, n, server.port)
@@ -315,6 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--n", type=int, action="append", help="tclets at once (repeatable)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds for all to be up")
+    parser.add_argument(
+        "--warm", type=int, help="the host's warm pool (default: serve's own, 2), filled first"
+    )
     args = parser.parse_args(argv)
     sizes = args.n or [50, 500]
     rows = []
@@ -322,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="tcletd-scale-") as tmp:
             for n in sizes:
-                ours = run_tcletd(n, server, Path(tmp), args.timeout)
+                ours = run_tcletd(n, server, Path(tmp), args.timeout, args.warm)
                 theirs = run_tclsh(n, server, Path(tmp), args.timeout)
                 rows.append((n, ours, theirs))
     finally:
@@ -340,7 +350,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"| {ours.pss:.1f} MiB | {cpu} | {seconds(theirs.all_up)} "
             f"| {seconds(theirs.first_line)} | {theirs.pss:.2f} MiB |"
         )
-    print(f"reproduce: .venv/bin/python bench/bench_scale.py {' '.join(f'--n {n}' for n in sizes)}")
+    warm = "" if args.warm is None else f" --warm {args.warm}"
+    print(
+        "reproduce: .venv/bin/python bench/bench_scale.py "
+        f"{' '.join(f'--n {n}' for n in sizes)}{warm}"
+    )
     return 0
 
 
