@@ -335,7 +335,15 @@ def entry() -> None:
     interpreter's teardown. The zygote has nothing to remove and its stderr is line-buffered,
     while freeing its heap (Tcl's interpreter, every import) took 11 ms after the host's end of
     file (strace), and a closing host waits for its zygote's exit."""
-    status = main(sys.argv)
+    try:
+        status = main(sys.argv)
+    except (BrokenPipeError, ConnectionResetError):
+        # The host closed our socket on its way out (a serve refused at start, in CI under
+        # load, closed it before the zygote said Ready): its stderr is the user's, and no
+        # traceback of ours belongs there.
+        from tcletd.worker.link import EXIT_HOST_GONE
+
+        os._exit(EXIT_HOST_GONE)
     sys.stderr.flush()
     os._exit(status)
 

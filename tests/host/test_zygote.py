@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import signal
+import socket
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +21,10 @@ from support.waiting import until
 from tcletd.api import Host
 from tcletd.host.bounds import Bounds
 from tcletd.host.control import ControlServer
+from tcletd.host.factory import COMMAND
 from tcletd.host.tclet import Tclet
 from tcletd.shared.control import FrameReader, encode, hello
+from tcletd.worker.link import EXIT_HOST_GONE
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -187,3 +192,28 @@ def test_a_client_waiting_for_a_launch_reply_is_not_evicted_as_idle(tmp_path: Pa
     got = asyncio.run(scenario())
     assert [f["event"] for f in got] == ["hello", "launched"], got
     assert isinstance(got[-1]["pid"], int)
+
+
+def test_a_zygote_whose_host_went_away_unread_exits_quietly() -> None:
+    """A host that closes its zygote's socket on its way out (a serve refused at start) before
+    reading its Ready: the zygote's next read is ECONNRESET, and no traceback of it may reach
+    the user's terminal (the zygote shares the host's stderr). Seen in CI under load."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    zygote = subprocess.Popen(
+        [*COMMAND, str(theirs.fileno())],
+        pass_fds=[theirs.fileno()],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        theirs.close()
+        ready = select.select([ours], [], [], 60)[0]
+        assert ready, "the zygote never said Ready"
+        ours.close()  # unread: the zygote's side is reset
+        _, stderr = zygote.communicate(timeout=60)
+    finally:
+        ours.close()
+        if zygote.poll() is None:
+            zygote.kill()
+            zygote.wait()
+    assert (zygote.returncode, stderr) == (EXIT_HOST_GONE, "")
