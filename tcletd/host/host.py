@@ -158,10 +158,10 @@ class Host(TcletVerbs):
         master: MasterConfig = load_master(self._master_path)
         groups = Cgroups.open() if self._cgroups else Cgroups(reason="turned off (cgroups=False)")
         supervisor = Supervisor(grace=self._grace, cgroups=groups, warm=self._warm)
+        supervisor.start(loop)
         reclaim()  # what hosts killed before they could close left behind
         self._run_dir = RunDir()
         hub = Hub(f"ipc://{self._run_dir.path}/hub", loop)
-        supervisor.start(loop, hub.endpoint)  # the hub first: warm children connect to it ahead
         self._services = Services(
             loop=loop,
             hub=hub,

@@ -102,9 +102,8 @@ def workers_message(limit: int) -> str:
 # forked, its three ends, its worker's pidfd and its ROUTER connection.
 DESCRIPTORS_STARTING = 7
 DESCRIPTORS_PER_TCLET = 5
-# A warm child handed to the host ahead of its launch: its socket end, its pidfd and the ROUTER
-# connection it made ahead.
-DESCRIPTORS_PER_WARM = 3
+# A warm child handed to the host ahead of its launch: its socket end and its pidfd.
+DESCRIPTORS_PER_WARM = 2
 # The host's own, kept out of the tclets' reach (control clients, the zygote's socket, the
 # resolver, logs, the run directory): this many, or a quarter of a smaller limit's.
 DESCRIPTORS_RESERVED = 128
