@@ -25,11 +25,15 @@ def _section(text: str, title: str) -> str:
 
 
 def sent_events() -> set[str]:
-    """Every ``{"event": "NAME", ...}`` the host's senders build, and the output streams (sent
-    as ``{"event": stream}``)."""
+    """Every ``{"event": "NAME", ...}`` the host's senders build, every listing they send with
+    ``send_rows(session, "NAME", rows)``, and the output streams (sent as ``{"event": stream}``)."""
     names = set(STREAMS)
     for path in SENDERS:
         for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "send_rows":
+                event = node.args[1]
+                assert isinstance(event, ast.Constant), ast.dump(node)
+                names.add(str(event.value))
             if isinstance(node, ast.Dict):
                 for key, value in zip(node.keys, node.values, strict=True):
                     named = isinstance(key, ast.Constant) and key.value == "event"
