@@ -10,6 +10,9 @@ use it.
 The endpoint is bounded (:mod:`tcletd.host.bounds`: connections, deadlines, bytes held for
 incomplete frames, frames handled per loop turn), and accepting goes on at EMFILE: a reserve
 descriptor is given up to accept one connection, which evicts an idle one or is told why not.
+Before EMFILE comes, the host's own count does the same: a connection that would take the host
+into the margin it keeps below its descriptor limit (:func:`tcletd.host.quotas.control_room`)
+evicts or is refused, because libzmq aborts the host when a worker connects at the limit.
 Each connection closed or refused to keep the bounds is audited, rate-limited
 (:mod:`tcletd.host.control_audit`).
 """
@@ -115,7 +118,15 @@ class ControlServer:
                     return
                 self._take_socket(sock, starved=True)
                 return  # one a turn on the reserve: it is back once a connection closes
-            self._take_socket(sock, starved=False)
+            self._take_socket(sock, starved=not self._counted(1))
+
+    def _counted(self, newcomer: int = 0) -> bool:
+        """Tell the host how many descriptors the endpoint holds (connections admitted or on
+        their way, and ``newcomer``): whether that leaves its margin. One being closed is not
+        counted: its descriptor goes within the turn, and the margin is for such moments."""
+        staying = sum(1 for c in self._connections if not c.closing)
+        held = staying + len(self._accepting) + newcomer
+        return self.host.control_descriptors(held, ACCEPT_PER_TURN)
 
     def _take_socket(self, sock: socket.socket, *, starved: bool) -> None:
         sock.setblocking(False)
@@ -127,6 +138,7 @@ class ControlServer:
 
     def _accepted(self, task: asyncio.Task[Any]) -> None:
         self._accepting.discard(task)
+        self._counted()
         if not task.cancelled() and task.exception() is not None:
             log.warning("control: accepting a client failed: %s", task.exception())
 
@@ -156,6 +168,7 @@ class ControlServer:
         asyncio.get_running_loop().call_soon(self._descriptor_free)
 
     def _descriptor_free(self) -> None:
+        self._counted()
         if self._retry is not None:  # out of descriptors: accept again now, not in a while
             self._resume_accepting()
         else:
@@ -175,6 +188,7 @@ class ControlServer:
             why = "the host was out of descriptors" if starved else "the host was full"
             what = "half a frame sent" if victim.frame_since is not None else "idle"
             self._close("evicted", victim, f"evicted: {what} while {why}")
+            self._counted()
             return True
         if starved:
             why = "refused: the host is out of file descriptors; try again later"

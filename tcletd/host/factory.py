@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import os
 import resource
 import signal
@@ -59,6 +60,8 @@ _READS_PER_TURN = 64
 TURN_BUDGET = 0.0005
 # Seconds a closing host waits for its zygote to exit before it kills it.
 _CLOSE_GRACE = 2.0
+# Numbers the warm children's routing identities uniquely for the process's life.
+_warm_idents = itertools.count(1)
 
 _spare: Zygote | None = None
 # The zygote's command: -c rather than -m tcletd.worker.zygote, whose runpy and second look-up
@@ -121,12 +124,17 @@ class Zygote:
         self._warm_cgroups: WarmCgroups | None = None  # where the host has cgroups
         self.warm_children: WarmChildren | None = None  # made in attach()
         self._topping: asyncio.TimerHandle | None = None  # the pool's top-up without cgroups
+        self._endpoint = ""  # the hub's, which warm children connect to ahead (none: they do not)
 
     # ---- the host's requests ------------------------------------------------------------------
 
-    def attach(self, loop: asyncio.AbstractEventLoop, cgroups: Cgroups | None = None) -> None:
+    def attach(
+        self, loop: asyncio.AbstractEventLoop, cgroups: Cgroups | None = None, endpoint: str = ""
+    ) -> None:
         """Read what the zygote says from ``loop`` (once, before the first spawn), and fill the
-        warm pool, each child in a cgroup of ``cgroups`` where they are active."""
+        warm pool, each child in a cgroup of ``cgroups`` where they are active, and connected
+        ahead to the hub at ``endpoint`` (none: not)."""
+        self._endpoint = endpoint
         # The wire's module binds here, not at import: msgspec's import would hold back the
         # zygote's start, which the CLI makes its first step (every later use follows this).
         global wire, WarmChildren, WarmCgroups, REFILL_QUIET
@@ -152,8 +160,11 @@ class Zygote:
 
     def _send_warm(self, procs: list[str]) -> None:
         if self.lost is None and self.warm_children is not None:
-            self.warm_children.named(tuple(procs))
-            self._send(wire.Warm(cgroup_procs=procs))
+            # Its own routing identity, never used again: a counter against reuse, and a "~"
+            # no tclet's id has (they are hex) against a collision with one.
+            ident = f"~warm-{next(_warm_idents)}" if self._endpoint else ""
+            self.warm_children.named(tuple(procs), ident)
+            self._send(wire.Warm(cgroup_procs=procs, ident=ident, endpoint=self._endpoint))
 
     def _top_up(self) -> None:
         """Without cgroups: name as many (cgroup-less) children as the pool lacks."""
@@ -182,10 +193,12 @@ class Zygote:
         on_spawned: OnSpawned,
         on_failed: OnFailed,
         on_exited: OnExited,
-    ) -> None:
+    ) -> bytes | None:
         """Ask for a worker; ``fds`` (the worker's ends) are the zygote's from here, closed in
         the host once sent. Exactly one of ``on_spawned`` and ``on_failed`` is called later,
-        from the loop, never from inside this call; ``on_exited`` after ``on_spawned``."""
+        from the loop, never from inside this call; ``on_exited`` after ``on_spawned``. The
+        routing identity a warm child that took it connected to the hub with; None if none
+        did (the worker connects as its tclet)."""
         assert self._loop is not None, "attach() first"
         memfd = os.memfd_create("tcletd-spec", os.MFD_CLOEXEC)
         try:
@@ -203,14 +216,15 @@ class Zygote:
         if self.lost is not None:
             self._outbox.append((b"", [memfd, *fds]))  # closed by _fail_all
             self._loop.call_soon(self._fail_all)
-            return
+            return None
         self._top_up_later()
         spawn = wire.Spawn(seq=seq, cgroup_procs=cgroup_procs)
         assert self.warm_children is not None
         if (child := self.warm_children.hand(spawn, [memfd, *fds])) is not None:
             self._loop.call_soon(self._handed, seq, child.pid, child.pidfd)
-            return
+            return child.ident.encode() if child.ident else None
         self._send(spawn, [memfd, *fds])
+        return None
 
     def _handed(self, seq: int, pid: int, pidfd: int) -> None:
         """A warm child took Spawn ``seq``: Spawned, as the zygote would have said it (from the

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -31,6 +32,7 @@ from tcletd.host.quotas import (
     HostFull,
     HostTotals,
     ceilings,
+    control_room,
     descriptors_short,
     workers_message,
 )
@@ -158,10 +160,10 @@ class Host(TcletVerbs):
         master: MasterConfig = load_master(self._master_path)
         groups = Cgroups.open() if self._cgroups else Cgroups(reason="turned off (cgroups=False)")
         supervisor = Supervisor(grace=self._grace, cgroups=groups, warm=self._warm)
-        supervisor.start(loop)
         reclaim()  # what hosts killed before they could close left behind
         self._run_dir = RunDir()
         hub = Hub(f"ipc://{self._run_dir.path}/hub", loop)
+        supervisor.start(loop, hub.endpoint)  # the hub first: warm children connect to it ahead
         self._services = Services(
             loop=loop,
             hub=hub,
@@ -177,6 +179,14 @@ class Host(TcletVerbs):
         )
         self._watchdog = Watchdog(self._services.tclets)
         self._watchdog.start(loop)
+        self._totals.own = len(os.listdir("/proc/self/fd"))
+
+    def control_descriptors(self, held: int, ahead: int) -> bool:
+        """The control endpoint now holds ``held`` connections and may accept ``ahead`` more
+        before it says so again: whether the host keeps its descriptor margin and room for a
+        launch with them (when not, the newest must evict another or be refused)."""
+        self._totals.control = held
+        return control_room(self._totals, ahead)
 
     async def close(self) -> None:
         """End every tclet still running and release the host's resources."""

@@ -2,9 +2,11 @@
 
 Host side of the trust boundary: every frame that arrives here comes from a worker that shares
 its process with untrusted code, so it is hostile until proven otherwise. A frame is accepted
-only from a routing id the host launched, only after that worker's hello carried its one-time
-token, and only if it decodes as a worker message; anything else ends the worker (through the
-``on_violation`` callback) and the host goes on.
+only from a routing id the host launched (a tclet's id, or the one it chose for the warm child
+that a launch claimed), only after that worker's hello carried its one-time token, and only if
+it decodes as a worker message; anything else ends the worker (through the ``on_violation``
+callback) and the host goes on. A warm child's identity reaches no tclet, and is sent nothing,
+before a launch claims it (:meth:`Hub.reroute`).
 
 The ROUTER is a plain (blocking-API) pyzmq socket driven from asyncio with ``add_reader`` on
 ``zmq.FD``: cheaper per message than zmq.asyncio (measured here: a round trip is ~175 µs with
@@ -68,7 +70,8 @@ class Hub:
         # A frame larger than any legitimate worker message is a violation, not a buffer.
         self._router.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
         self._router.bind(endpoint)
-        self._peers: dict[bytes, Peer] = {}
+        self._peers: dict[bytes, Peer] = {}  # by routing identity
+        self._routes: dict[str, bytes] = {}  # a tclet's id to its worker's routing identity
         fd = self._router.getsockopt(zmq.FD)
         assert isinstance(fd, int)
         self._fd: int = fd
@@ -76,15 +79,38 @@ class Hub:
         self._drain_pending = False
 
     def register(self, peer: Peer) -> None:
-        self._peers[peer.tclet_id.encode()] = peer
+        """Expect ``peer``'s worker under its tclet's id (until :meth:`reroute`)."""
+        ident = peer.tclet_id.encode()
+        self._peers[ident] = peer
+        self._routes[peer.tclet_id] = ident
+
+    def reroute(self, tclet_id: str, ident: bytes) -> bool:
+        """The worker of ``tclet_id`` is a warm child, connected ahead as ``ident`` (which the
+        host chose for it and never hands out again): its frames are that tclet's from now on,
+        and none under the tclet's id is. Called in the launch, before the loop reads a frame;
+        False (nothing changed) if the tclet is not waiting for its hello or ``ident`` is
+        taken."""
+        old = self._routes.get(tclet_id)
+        peer = self._peers.get(old) if old is not None else None
+        if old is None or peer is None or peer.greeted or ident in self._peers:
+            return False
+        del self._peers[old]
+        self._peers[ident] = peer
+        self._routes[tclet_id] = ident
+        return True
 
     def unregister(self, tclet_id: str) -> None:
-        self._peers.pop(tclet_id.encode(), None)
+        ident = self._routes.pop(tclet_id, None)
+        if ident is not None:
+            self._peers.pop(ident, None)
 
     def send(self, tclet_id: str, msg: msgspec.Struct) -> bool:
         """Send to a worker; False when it cannot take it (gone or not reading)."""
+        ident = self._routes.get(tclet_id)
+        if ident is None:
+            return False  # nothing is sent to a routing identity the host does not route to
         try:
-            self._router.send_multipart([tclet_id.encode(), p.encode(msg)], zmq.NOBLOCK)
+            self._router.send_multipart([ident, p.encode(msg)], zmq.NOBLOCK)
         except zmq.ZMQError:
             return False
         finally:

@@ -102,28 +102,62 @@ def workers_message(limit: int) -> str:
 # forked, its three ends, its worker's pidfd and its ROUTER connection.
 DESCRIPTORS_STARTING = 7
 DESCRIPTORS_PER_TCLET = 5
-# A warm child handed to the host ahead of its launch: its socket end and its pidfd.
-DESCRIPTORS_PER_WARM = 2
-# The host's own, kept out of the tclets' reach (control clients, the zygote's socket, the
-# resolver, logs, the run directory): this many, or a quarter of a smaller limit's.
-DESCRIPTORS_RESERVED = 128
+# A warm child handed to the host ahead of its launch: its socket end, its pidfd and the ROUTER
+# connection it made ahead.
+DESCRIPTORS_PER_WARM = 3
+# Kept free below the limit, for what the host opens for a moment (a policy file, a lookup's
+# socket, connections accepted in one turn before they are admitted): this many, or an eighth
+# of a smaller limit's, at least 16. It is not slack but a guard: libzmq 4.3's IPC listener
+# aborts the whole host process (an assertion in ipc_listener.cpp) when a worker's connection
+# arrives while the host is at its limit, so neither a launch nor a control client may take
+# the host into this margin.
+DESCRIPTORS_MARGIN = 128
+
+
+def descriptors_margin(limit: int) -> int:
+    return min(DESCRIPTORS_MARGIN, max(16, limit // 8))
+
+
+def descriptor_limit() -> int | None:
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return None if limit == resource.RLIM_INFINITY else limit
+
+
+def descriptors_held(totals: HostTotals, limit: int) -> int:
+    """What the host holds by its own count, the margin included: its tclets (as they cost
+    while starting and once forked), their sockets, its warm children, its control clients and
+    what it held when it started (``own``: stdio, the zygote's socket, libzmq's and the loop's
+    own, the audit log)."""
+    return (
+        (totals.workers - totals.starting) * DESCRIPTORS_PER_TCLET
+        + totals.starting * DESCRIPTORS_STARTING
+        + totals.sockets
+        + totals.warm * DESCRIPTORS_PER_WARM
+        + totals.control
+        + totals.own
+        + descriptors_margin(limit)
+    )
+
+
+def control_room(totals: HostTotals, ahead: int) -> bool:
+    """Whether the control endpoint, holding ``totals.control`` descriptors (the newest
+    included) and about to accept up to ``ahead`` more before it counts again, leaves the host
+    its margin and room to start a tclet; when not, the newest must evict or be refused (idle
+    clients cannot lock launches out)."""
+    limit = descriptor_limit()
+    if limit is None:
+        return True
+    return descriptors_held(totals, limit) + ahead + DESCRIPTORS_STARTING <= limit
 
 
 def descriptors_short(totals: HostTotals) -> str | None:
     """Why one more tclet would take the host past its descriptor limit, or None: refused
     here, before a descriptor it needs (a socketpair, a pidfd, a connection libzmq accepts in
-    its own thread) fails somewhere a refusal cannot be said as clearly."""
-    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if limit == resource.RLIM_INFINITY:
+    its own thread) fails somewhere a refusal cannot be said as clearly, or aborts the host."""
+    limit = descriptor_limit()
+    if limit is None:
         return None
-    reserved = min(DESCRIPTORS_RESERVED, limit // 4)
-    held = (
-        (totals.workers - totals.starting) * DESCRIPTORS_PER_TCLET
-        + totals.starting * DESCRIPTORS_STARTING
-        + totals.sockets
-        + totals.warm * DESCRIPTORS_PER_WARM
-        + reserved
-    )
+    held = descriptors_held(totals, limit)
     if held + DESCRIPTORS_STARTING <= limit:
         return None
     return (
@@ -196,6 +230,8 @@ class HostTotals:
     sockets: int = 0
     starting: int = 0  # of the workers, those whose fork has not come yet
     warm: int = 0  # the warm pool's size: children forked ahead, DESCRIPTORS_PER_WARM each
+    control: int = 0  # connections the resident host's control endpoint holds, one each
+    own: int = 0  # descriptors the host held when it started, before any tclet
 
 
 @dataclass

@@ -76,6 +76,7 @@ class WorkerProcess:
     exitcode: int | None = None  # as the zygote reaped it: -N for a death by signal N
     failure: str | None = None  # why the zygote could not fork it
     doomed: int = 0  # a signal sent before the fork, delivered at once when it comes
+    routing: bytes | None = None  # a warm child's routing identity at the hub (None: its id)
 
     def status(self) -> int | None:
         """The exit status, shell style: 128+N for a death by signal N, None while running."""
@@ -148,12 +149,15 @@ class Supervisor:
         self.cgroups = cgroups if cgroups is not None else Cgroups(reason="not asked for")
         self.workers: dict[str, WorkerProcess] = {}
         self._zygote: factory.Zygote | None = None
+        self._endpoint = ""
         self._placer = ThreadPoolExecutor(1, thread_name_prefix="tcletd-cgroups")
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Take the zygote (started early by :func:`tcletd.host.factory.start`, or now)."""
+    def start(self, loop: asyncio.AbstractEventLoop, endpoint: str = "") -> None:
+        """Take the zygote (started early by :func:`tcletd.host.factory.start`, or now); its
+        warm children connect ahead to the hub at ``endpoint`` (none: they do not)."""
+        self._endpoint = endpoint
         self._zygote = factory.take(self.warm)
-        self._zygote.attach(loop, self.cgroups)
+        self._zygote.attach(loop, self.cgroups, endpoint)
 
     def launch(
         self, spec: p.WorkerSpec, loop: asyncio.AbstractEventLoop, *, demoted: bool = False
@@ -227,7 +231,7 @@ class Supervisor:
         self, worker: WorkerProcess, zygote: factory.Zygote, spec: bytes, theirs: list[int]
     ) -> None:
         try:
-            zygote.spawn(
+            worker.routing = zygote.spawn(
                 spec,
                 worker.cgroup.procs if worker.cgroup is not None else [],
                 theirs,
@@ -242,7 +246,7 @@ class Supervisor:
         """The zygote, a new one if the last was lost (its workers were lost with it)."""
         if self._zygote is None or self._zygote.lost is not None:
             self._zygote = factory.take(self.warm)
-            self._zygote.attach(loop, self.cgroups)
+            self._zygote.attach(loop, self.cgroups, self._endpoint)
         return self._zygote
 
     def _spawned(self, worker: WorkerProcess, pid: int, pidfd: int) -> None:

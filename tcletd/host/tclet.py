@@ -160,6 +160,9 @@ class Tclet:
         except BaseException:
             services.hub.unregister(self.id)
             raise
+        if self.worker.routing is not None:
+            # A warm child took it, connected ahead as the identity the host chose for it.
+            services.hub.reroute(self.id, self.worker.routing)
         # The age and the wall clock run from here, though the fork comes later (the first
         # launch of a host also waits for its zygote's start).
         self.launched_at = self._last_beat = time.monotonic()

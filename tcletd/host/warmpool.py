@@ -5,8 +5,9 @@ Host side of the trust boundary. :class:`WarmCgroups` makes the pool's cgroups o
 its own (each named to the zygote, whose child enters it before anything else) and hands one to
 a launch, its limits set then. :class:`WarmChild` is what :class:`tcletd.host.factory.Zygote`
 holds of an announced child once :class:`WarmChildren` checked the announcement as hostile input
-(a Unix SEQPACKET socket, a pidfd whose process is the pid named, a cgroup the host asked a child
-for): the launch that claims the child's cgroup sends the child its Spawn itself.
+(a Unix SEQPACKET socket, a pidfd whose process is the pid named, a cgroup and a routing identity
+the host asked a child for): the launch that claims the child's cgroup sends the child its Spawn
+itself, and has the hub take the tclet's frames from that identity (the child connected ahead).
 """
 
 from __future__ import annotations
@@ -36,10 +37,13 @@ class WarmChild:
     """An announced warm child: its pid, its cgroup's files, the host's end of its socketpair
     (its Spawn goes there) and a pidfd for it."""
 
-    __slots__ = ("end", "pid", "pidfd", "procs")
+    __slots__ = ("end", "ident", "pid", "pidfd", "procs")
 
-    def __init__(self, pid: int, procs: tuple[str, ...], end: socket.socket, pidfd: int) -> None:
+    def __init__(
+        self, pid: int, procs: tuple[str, ...], end: socket.socket, pidfd: int, ident: str = ""
+    ) -> None:
         self.pid, self.procs, self.end, self.pidfd = pid, procs, end, pidfd
+        self.ident = ident  # the routing identity it connected to the hub with ("": none)
 
     def close(self) -> None:
         self.end.close()
@@ -75,24 +79,33 @@ class WarmChildren:
     announced yet, and the announced children (by cgroup, and by pid) no launch took yet."""
 
     def __init__(self) -> None:
-        self._awaiting: collections.Counter[tuple[str, ...]] = collections.Counter()
+        # The routing identities named with each cgroup, in order, whose child is not announced.
+        self._awaiting: dict[tuple[str, ...], collections.deque[str]] = {}
         self._ready: dict[tuple[str, ...], collections.deque[WarmChild]] = {}
         self.unclaimed: dict[int, WarmChild] = {}
 
-    def named(self, key: tuple[str, ...]) -> None:
-        """A child was asked for in the cgroup whose ``cgroup.procs`` files are ``key``."""
-        self._awaiting[key] += 1
+    def named(self, key: tuple[str, ...], ident: str = "") -> None:
+        """A child was asked for in the cgroup whose ``cgroup.procs`` files are ``key``, to
+        connect ahead as ``ident``."""
+        self._awaiting.setdefault(key, collections.deque()).append(ident)
 
     def lacking(self, size: int) -> int:
         """Without cgroups (every child's key is empty): how many to ask for, for ``size``."""
-        return max(0, size - len(self.unclaimed) - self._awaiting[()])
+        return max(0, size - len(self.unclaimed) - len(self._awaiting.get((), ())))
 
-    def unawait(self, key: tuple[str, ...]) -> bool:
-        """One child fewer awaited in ``key``; False if none was."""
-        if self._awaiting[key] <= 0:
+    def unawait(self, key: tuple[str, ...], ident: str | None = None) -> bool:
+        """One child fewer awaited in ``key`` (the one named with ``ident``; None: the first
+        named); False if none was."""
+        idents = self._awaiting.get(key)
+        if not idents:
             return False
-        self._awaiting[key] -= 1
-        if not self._awaiting[key]:
+        if ident is None:
+            idents.popleft()
+        elif ident in idents:
+            idents.remove(ident)
+        else:
+            return False
+        if not idents:
             del self._awaiting[key]  # a key per warm cgroup ever made would stay otherwise
         return True
 
@@ -118,7 +131,7 @@ class WarmChildren:
             os.close(end)
             os.close(pidfd)
             return "the zygote sent a warm child's end that is not a socket"
-        child = WarmChild(msg.pid, tuple(msg.cgroup_procs), sock, pidfd)
+        child = WarmChild(msg.pid, tuple(msg.cgroup_procs), sock, pidfd, msg.ident)
         if (
             sock.family != socket.AF_UNIX
             or sock.type != socket.SOCK_SEQPACKET
@@ -130,8 +143,8 @@ class WarmChildren:
         ):
             child.close()
             return "the zygote announced a warm child that is not what it says"
-        if not self.unawait(child.procs):
-            child.close()  # not asked for (any more)
+        if not self.unawait(child.procs, child.ident):
+            child.close()  # not asked for (any more), or not as that identity
             return None
         sock.setblocking(False)
         self._ready.setdefault(child.procs, collections.deque()).append(child)

@@ -26,6 +26,7 @@ MAX_SPAWN = 65536
 MAX_REPLY = 4096
 Pid = Annotated[int, msgspec.Meta(ge=1, le=2**22)]
 Seq = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+Ident = Annotated[str, msgspec.Meta(max_length=64)]
 
 
 class Spawn(msgspec.Struct, tag=True, frozen=True):
@@ -41,9 +42,13 @@ class Warm(msgspec.Struct, tag=True, frozen=True):
     """Fork a warm child ahead (up to the pool's size) into the cgroup whose ``cgroup.procs``
     files are ``cgroup_procs`` (none: the host has no cgroups). The host made that cgroup for
     this child alone; the Spawn that names the same files takes it, and forks one cold into the
-    cgroup if it is not there (yet, or any more)."""
+    cgroup if it is not there (yet, or any more). ``ident`` (none: do not connect ahead): the
+    routing identity, chosen by the host and never used again, under which the child connects
+    its link to the host's ROUTER at ``endpoint`` before any tclet is its own."""
 
     cgroup_procs: list[Annotated[str, msgspec.Meta(max_length=4096)]]
+    ident: Ident = ""
+    endpoint: Annotated[str, msgspec.Meta(max_length=4096)] = ""
 
 
 class Ready(msgspec.Struct, tag=True, frozen=True):
@@ -74,6 +79,7 @@ class WarmChild(msgspec.Struct, tag=True, frozen=True):
 
     pid: Pid
     cgroup_procs: list[Annotated[str, msgspec.Meta(max_length=4096)]]
+    ident: Ident = ""  # its Warm's
 
 
 class Exited(msgspec.Struct, tag=True, frozen=True):

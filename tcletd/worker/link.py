@@ -69,13 +69,16 @@ class Link:
         # socket.recv_fds ignores its flags on Python < 3.12; a non-blocking socket is simpler.
         fdsock.setblocking(False)
         started = started if started is not None else LinkStart()
+        self._start = started
         self._ctx, self._dealer = started.ctx, started.dealer
-        self._monitor: zmq.Socket[bytes] | None = started.monitor
-        self._monitor_fds = started.monitor_fds
-        # The routing identity is the tclet's, set before the connect: the host's ROUTER knows
-        # a worker by it from the connection's first frame.
-        self._dealer.setsockopt(zmq.IDENTITY, spec.tclet_id.encode())
-        self._dealer.connect(spec.endpoint)
+        if started.endpoint is None:
+            # The routing identity is the tclet's, set before the connect: the host's ROUTER
+            # knows a worker by it from the connection's first frame.
+            started.connect(spec.endpoint, spec.tclet_id)
+        elif started.endpoint != spec.endpoint:
+            # Connected ahead to another host: this one would never hear of the tclet.
+            os.write(2, b"tcletd worker: connected ahead to another host\n")
+            os._exit(EXIT_HOST_GONE)
         # A request waits in poll(2) on the DEALER's zmq.FD and the socketpair, not zmq.Poller:
         # zmq_poll reads EVENTS before and after it blocks, and each look is libzmq's poll(2)
         # and getpid(2)s. With the looks after the send and after the reply, a request took four;
@@ -103,17 +106,7 @@ class Link:
         before its I/O thread made the socket could never reach the host, and waited for ever
         before its hello (about one launch in a hundred in a burst of fifty).
         """
-        monitor = self._monitor
-        if monitor is None:
-            return True
-        try:
-            connected = bool(monitor.poll(round(timeout * 1000)))
-        finally:
-            self._dealer.disable_monitor()
-            monitor.close(linger=0)
-            self._monitor = None
-            _await_closed(self._monitor_fds, MONITOR_CLOSE_TIMEOUT)
-        return connected
+        return self._start.settle(timeout)
 
     def hello(self) -> None:
         """The first message: the tclet's script starts now. Sent after the runtime is built and
@@ -323,10 +316,10 @@ class Link:
 
 class LinkStart:
     """The part of a link that does not depend on the tclet: the ZeroMQ context, its DEALER
-    (its first socket starts libzmq's I/O thread and reaper) and the connect monitor. A warm
-    worker makes it ahead, once in its cgroup (a thread moved in later, by its id, takes the
-    kernel's global threadgroup lock: 6-16 ms measured here), which saves the ~1.3 ms it costs
-    out of a launch."""
+    (its first socket starts libzmq's I/O thread and reaper) and the connect monitor; for a
+    warm worker, the connection too (:meth:`connect`). A warm worker makes it ahead, once in
+    its cgroup (a thread moved in later, by its id, takes the kernel's global threadgroup
+    lock: 6-16 ms measured here), which saves the ~1.3 ms it costs out of a launch."""
 
     def __init__(self) -> None:
         self.ctx = zmq.Context(io_threads=1)
@@ -335,9 +328,36 @@ class LinkStart:
         self.dealer.setsockopt(zmq.LINGER, 200)
         # Watched from before the connect, so that its event cannot come before we listen.
         before = descriptors()
-        self.monitor: zmq.Socket[bytes] = self.dealer.get_monitor_socket(zmq.EVENT_CONNECTED)
+        self.monitor: zmq.Socket[bytes] | None = self.dealer.get_monitor_socket(zmq.EVENT_CONNECTED)
         # The monitor's own descriptors (a mailbox per PAIR socket), to see them closed later.
         self.monitor_fds = {fd: ino for fd, ino in descriptors().items() if fd not in before}
+        self.endpoint: str | None = None  # where it connected (None: not yet)
+
+    def connect(self, endpoint: str, ident: str) -> None:
+        """Connect to the host's ROUTER at ``endpoint`` as ``ident``: the routing identity the
+        host knows this worker by, its tclet's id, or the one the host chose for a warm child,
+        which connects ahead (traced before: ~1-2 ms from the link's making to connected, and
+        0.4-1.1 ms more for the host to read the hello of a new connection; launch to hello
+        from a warm pool of 4, p50 of 40, 4 runs alternated on 2 cores: 4.6-5.7 ms connected
+        after the Spawn, 3.4-4.6 ms connected ahead)."""
+        self.dealer.setsockopt(zmq.IDENTITY, ident.encode())
+        self.dealer.connect(endpoint)
+        self.endpoint = endpoint
+
+    def settle(self, timeout: float = CONNECT_TIMEOUT) -> bool:
+        """Until the connection exists, then the monitor is gone; False if it did not within
+        ``timeout`` (see :meth:`Link.wait_connected`). At once if settled before."""
+        monitor = self.monitor
+        if monitor is None:
+            return True
+        try:
+            connected = bool(monitor.poll(round(timeout * 1000)))
+        finally:
+            self.dealer.disable_monitor()
+            monitor.close(linger=0)
+            self.monitor = None
+            _await_closed(self.monitor_fds, MONITOR_CLOSE_TIMEOUT)
+        return connected
 
 
 def _await_closed(fds: dict[int, int], timeout: float) -> None:

@@ -26,6 +26,7 @@ import msgspec
 import zmq  # noqa: F401  (imported once, in the zygote)
 
 from tcletd.shared import protocol as p
+from tcletd.shared import spawn as wire
 from tcletd.shared.errors import EXIT_SOFTWARE
 from tcletd.worker import netns, sandbox
 from tcletd.worker.channels import ChannelFactory
@@ -59,21 +60,29 @@ class Ahead:
     """What a warm worker did before its Spawn came, none of it the tclet's: it entered the
     cgroup the host made for it, closed what it inherited from the zygote, entered its own
     network namespace (its kernel memory then charged to that cgroup), made its link's ZeroMQ
-    context and DEALER and started Tcl's notifier: every thread it has was made in its cgroup
-    (moving a thread in later, by its id, takes the kernel's global threadgroup lock: 6-16 ms
-    measured here). It also makes its runtime's channel factory (:class:`EarlyChannels`: the
-    runtime's construction ~0.65 instead of ~0.8 ms, traced) and rehearses the sandbox's reads
-    (:func:`tcletd.worker.sandbox.rehearse`: ~25 of ~225 page faults between the Spawn and the
-    hello gone). Launch to hello, traced on a quiet VM: ~9.1 ms before, ~7.0 ms with the
-    cgroup, namespace, link and notifier made ahead."""
+    context and DEALER, connected it to the host as the routing identity the host chose for
+    this child (its ``Warm``'s), and started Tcl's notifier: every thread it has was made in
+    its cgroup (moving a thread in later, by its id, takes the kernel's global threadgroup
+    lock: 6-16 ms measured here). It also makes its runtime's channel factory
+    (:class:`EarlyChannels`: the runtime's construction ~0.65 instead of ~0.8 ms, traced) and
+    rehearses the sandbox's reads (:func:`tcletd.worker.sandbox.rehearse`: ~25 of ~225 page
+    faults between the Spawn and the hello gone). Launch to hello, traced on a quiet VM: ~9.1
+    ms before, ~7.0 ms with the cgroup, namespace, link and notifier made ahead."""
 
-    def __init__(self, keep: int, cgroup_procs: Sequence[str], prepared: tkinter.Tk) -> None:
+    def __init__(self, keep: int, warm: wire.Warm, prepared: tkinter.Tk) -> None:
         die_with_parent()
-        _enter_cgroup(cgroup_procs)  # first: every page it touches from here is charged there
-        self.cgroup_procs = tuple(cgroup_procs)
+        _enter_cgroup(warm.cgroup_procs)  # first: every page it touches from here is charged
+        self.cgroup_procs = tuple(warm.cgroup_procs)
         _close_inherited(keep)
         netns.enter()
         self.link = LinkStart()
+        if warm.ident:
+            # Connected ahead, as the identity the host chose for this child: the host ignores
+            # its frames and sends it nothing until a launch claims it, and then still takes
+            # nothing from it before its hello with that launch's token.
+            self.link.connect(warm.endpoint, warm.ident)
+            if not self.link.settle():
+                os._exit(EXIT_HOST_GONE)
         prepared.dooneevent(_tkinter.DONT_WAIT)  # Tcl's notifier thread, as runtime.prime()
         self.channels = EarlyChannels(prepared)
         sandbox.rehearse()

@@ -25,9 +25,12 @@ the host sends (at most N queued), which names the cgroup the host made for that
 The child does ahead everything that does not depend on its tclet
 (:class:`tcletd.worker.main.Ahead`): it enters that cgroup first (through ``tasks`` while it has
 one thread, so every thread and page it makes from then on is the cgroup's), its own empty
-network namespace, makes its link's ZeroMQ context and DEALER and starts Tcl's notifier, then
-waits on a socketpair of its own. The zygote gives the host its end of that socketpair and a
-pidfd for the child (a WarmChild) and keeps nothing of it but the duty to reap it: the host sends
+network namespace, makes its link's ZeroMQ context and DEALER, connects it to the host's ROUTER
+as the routing identity the Warm names (the host's choice, never used again: the host takes
+nothing from it and sends it nothing until a launch claims the child, and then nothing before
+its hello with that launch's token) and starts Tcl's notifier, then waits on a socketpair of
+its own. The zygote gives the host its end of that socketpair and a pidfd for the child (a
+WarmChild) and keeps nothing of it but the duty to reap it: the host sends
 the child's Spawn to the child itself, without waking the zygote (traced on 2 cores, 30
 launches each, alternated: from the host's send to the child's first instruction 0.7-0.9 ms
 through the zygote, 0.3-0.5 ms straight; and the host's Spawned no longer competes with the
@@ -35,8 +38,8 @@ worker's start). The zygote reports every child's exit, a warm one's too (the ho
 knows whether it took it, asks for another in its cgroup if not). A Spawn the zygote does get
 that names a warm cgroup (its child not forked yet, announced too late, or dead) is forked cold
 into that cgroup, and the queued slot is dropped.
-What stays after the Spawn: the tclet's identity and connect, the interpreter's fitting, the
-rlimits and the seccomp filter.
+What stays after the Spawn: the interpreter's fitting, the rlimits and the seccomp filter (and
+the connect, for a child of a host without a hub endpoint to give).
 
 The zygote dies with the host (SIGKILL on its parent's death, or end of file on its socket), and
 its workers die with it.
@@ -114,8 +117,9 @@ def main(argv: list[str]) -> int:
             ahead=ahead,
         )
 
-    def announce(pid: int, slot: Slot, end: int, pidfd: int) -> None:
-        _send(sock, wire.WarmChild(pid=pid, cgroup_procs=list(slot)), end, pidfd)
+    def announce(pid: int, warm: wire.Warm, end: int, pidfd: int) -> None:
+        announced = wire.WarmChild(pid=pid, cgroup_procs=warm.cgroup_procs, ident=warm.ident)
+        _send(sock, announced, end, pidfd)
 
     pool = WarmPool(warm, child, prepared, announce)
     busy_until = 0.0
@@ -142,22 +146,22 @@ class WarmPool:
     announced to the host with its socketpair end (a WarmChild) and waits for the host's Spawn."""
 
     def __init__(self, size: int, child: Any, prepared: Any, announce: Any) -> None:
-        """``announce(pid, slot, end, pidfd)``: hand a forked child to the host."""
+        """``announce(pid, warm, end, pidfd)``: hand a child forked for ``warm`` to the host."""
         self.size = size
         self._child = child
         self._prepared = prepared
         self._announce = announce
-        self._slots: collections.deque[Slot] = collections.deque()  # to fork, in order
+        self._slots: collections.deque[wire.Warm] = collections.deque()  # to fork, in order
 
     def full(self) -> bool:
         """Nothing to fork."""
         return not self._slots
 
-    def add(self, slot: Slot) -> None:
-        """A cgroup for one more child (ignored past the pool's size of slots not forked yet:
-        the host names one per child it does not hold)."""
+    def add(self, warm: wire.Warm) -> None:
+        """A cgroup (and routing identity) for one more child (ignored past the pool's size of
+        slots not forked yet: the host names one per child it does not hold)."""
         if len(self._slots) < self.size:
-            self._slots.append(slot)
+            self._slots.append(warm)
 
     def refill(self) -> bool:
         """Fork one more waiting child and announce it; False if there is no slot to fill or
@@ -172,10 +176,10 @@ class WarmPool:
             ours.close()
             theirs.close()
             return False
-        slot = self._slots.popleft()
+        warm = self._slots.popleft()
         if pid == 0:
             _as_child()
-            self._wait(theirs, slot)
+            self._wait(theirs, warm)
         theirs.close()
         try:
             pidfd = os.pidfd_open(pid)
@@ -184,7 +188,7 @@ class WarmPool:
             ours.close()
             return False
         try:
-            self._announce(pid, slot, ours.fileno(), pidfd)
+            self._announce(pid, warm, ours.fileno(), pidfd)
         finally:
             ours.close()
             os.close(pidfd)
@@ -193,17 +197,19 @@ class WarmPool:
     def take(self, slot: Slot) -> None:
         """A Spawn came for ``slot``: its child is not forked later (the Spawn's own child
         takes the cgroup)."""
-        with contextlib.suppress(ValueError):
-            self._slots.remove(slot)
+        for warm in self._slots:
+            if tuple(warm.cgroup_procs) == slot:
+                self._slots.remove(warm)
+                return
 
-    def _wait(self, sock: socket.socket, slot: Slot) -> None:
+    def _wait(self, sock: socket.socket, warm: wire.Warm) -> None:
         """In a warm child: start what does not depend on the tclet
         (:class:`tcletd.worker.main.Ahead`), then wait for the Spawn the host sends; never
         returns. End of file (the host let it go, or is gone): exit."""
         from tcletd.worker.main import Ahead
 
         try:
-            ahead = Ahead(sock.fileno(), slot, self._prepared)
+            ahead = Ahead(sock.fileno(), warm, self._prepared)
             sock.setblocking(True)
             data, fds, flags, _ = socket.recv_fds(sock, wire.MAX_SPAWN, SPAWN_FDS)
             if not data or len(fds) != SPAWN_FDS or flags & socket.MSG_CTRUNC:
@@ -239,7 +245,7 @@ def _serve(sock: socket.socket, child: Any, pool: WarmPool) -> object:
     if isinstance(msg, wire.Warm):
         for fd in fds:
             os.close(fd)
-        pool.add(tuple(msg.cgroup_procs))
+        pool.add(msg)
         return _OTHER
     if len(fds) != SPAWN_FDS or flags & socket.MSG_CTRUNC:
         for fd in fds:

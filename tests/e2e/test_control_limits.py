@@ -130,6 +130,19 @@ def test_at_emfile_a_new_client_evicts_an_idle_one(sock: Path) -> None:
         tiny_run(sock)
 
 
+def test_a_control_flood_leaves_room_for_tclets_to_launch(sock: Path) -> None:
+    # libzmq's IPC listener aborts the host when a worker connects while it is at its limit:
+    # connections must evict each other before the host gets there, and tclets still launch
+    # (the warm pool's children and each tclet's worker connect to the host) while they do.
+    with serving(sock, "--max-connections", "1000", nofile=64) as host, _idle(sock, 120) as idle:
+        for _ in range(3):
+            tiny_run(sock)
+        assert host.proc.poll() is None
+        assert len(os.listdir(f"/proc/{host.pid}/fd")) < 64
+        messages = _errors(idle[:40])
+        assert "evicted: idle while the host was out of descriptors" in messages, messages
+
+
 def test_a_client_is_refused_only_when_every_slot_runs_a_tclet(sock: Path) -> None:
     with serving(sock, "--max-connections", "2"):
         runs = [connect(sock) for _ in range(2)]
