@@ -85,6 +85,24 @@ exit status (lint): 0 clean, 1 problems found, 2 the file cannot be read or pars
 """
 
 
+ATTACK_EPILOG = """\
+Each attack of the catalogue runs alone, then all of them together, beside a probe tclet timing
+echo round trips; rounds alternate alone/attack and the ratio is the median of the rounds'.
+A verdict per attack comes from what the tool saw (the host's exits, its own servers' counts,
+its DNS server's log), never from what the attack printed. On a machine busy with other work
+while the baseline runs, there is no verdict on latency. docs/attack.md says what each judge
+means and every JSON field.
+
+exit status: 0 every attack contained; 1 one was not; 2 usage (bad catalogue, unknown attack,
+a policy file with --host); 3 the run could not measure (a probe failed, the host went away).
+
+examples:
+  tcletd attack --quick
+  tcletd attack --policy mine.toml --only busy_loop,socket_loop --json out.json
+  tcletd attack --host /run/tcletd/control.sock --policy home --plot attack.png
+"""
+
+
 Handler = Callable[[argparse.Namespace], int]
 SetUp = Callable[[argparse.ArgumentParser], None]
 
@@ -327,6 +345,21 @@ def _doctor(args: argparse.Namespace) -> int:
     return runner.doctor(verbose=True)
 
 
+# ---- attack ------------------------------------------------------------------------------------
+
+
+def _attack_arguments(parser: argparse.ArgumentParser) -> None:
+    from tcletd.cli.attack import attack_arguments
+
+    attack_arguments(parser)
+
+
+def _attack(args: argparse.Namespace) -> int:
+    from tcletd.cli.attack import attack
+
+    return attack(args)
+
+
 COMMANDS = (
     Command(
         "run",
@@ -395,6 +428,13 @@ COMMANDS = (
         page,
         arguments=page_arguments,
         epilog=PAGE_EPILOG,
+    ),
+    Command(
+        "attack",
+        "attack a policy and a host with the resource-attack catalogue; a verdict per attack",
+        _attack,
+        arguments=_attack_arguments,
+        epilog=ATTACK_EPILOG,
     ),
     Command("version", "print tcletd, Python, pyzmq and Tcl versions", _version),
     Command("doctor", "check that this machine can run tclets", _doctor),

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from tcletd.host.audit import AuditLog, TcletRecords
 from tcletd.host.broker import Broker, start_eagerly
+from tcletd.host.crowds import SiteCrowds
 from tcletd.host.enforcement import Enforcer
 from tcletd.host.hub import Hub, Peer
 from tcletd.host.output import OutputRelay, OutputSink
@@ -75,6 +76,7 @@ class Services:
     master: MasterConfig
     totals: HostTotals
     penalties: PenaltyBox = field(default_factory=PenaltyBox)
+    crowds: SiteCrowds = field(default_factory=SiteCrowds)
     # The operator's policies (NAME.toml), known before the shipped ones by name: to launches
     # and to a tclet's own ``policy NAME`` alike.
     policy_dir: Path | None = None
@@ -155,10 +157,14 @@ class Tclet:
         services = self.services
         services.hub.register(Peer(self.id, self.spec.token, self._on_message, self.violation))
         boxed = services.penalties.holds(self.origin.site, time.monotonic())
+        crowded = services.crowds.join(self.origin, self.id)
         try:
-            self.worker = services.supervisor.launch(self.spec, services.loop, demoted=bool(boxed))
+            self.worker = services.supervisor.launch(
+                self.spec, services.loop, demoted=bool(boxed or crowded)
+            )
         except BaseException:
             services.hub.unregister(self.id)
+            services.crowds.leave(self.origin, self.id)
             raise
         if self.worker.routing is not None:
             # A warm child took it, connected ahead as the identity the host chose for it.
@@ -170,7 +176,7 @@ class Tclet:
         services.totals.starting += 1
         services.tclets[self.id] = self
         self.sockets.attach(self.worker.fdsock)
-        self.worker.started.add_done_callback(lambda _: self._started(boxed, audit))
+        self.worker.started.add_done_callback(lambda _: self._started(boxed, crowded, audit))
         self._finished = services.loop.create_task(self._finish(), name=f"tclet-{self.id[:8]}")
 
     def when_started(self, then: Callable[[int | None], object]) -> None:
@@ -180,7 +186,7 @@ class Tclet:
         assert worker is not None, "launch() first"
         worker.started.add_done_callback(lambda _: then(worker.pid))
 
-    def _started(self, boxed: float, audit: dict[str, object]) -> None:
+    def _started(self, boxed: float, crowded: int, audit: dict[str, object]) -> None:
         """The zygote forked the worker (or could not): measures, output and the launch record
         start from here. Its output is read only from here on, so that whoever waits on
         ``worker.started`` (a client's ``started`` frame) hears of it before any output."""
@@ -197,6 +203,8 @@ class Tclet:
         self.output.start(worker.stdout, worker.stderr)
         if boxed:
             self.enforcer.demote(origin_penalty=round(boxed, 1))
+        elif crowded:
+            self.enforcer.demote(site_crowd=self.services.crowds.running(self.origin))
 
     async def wait(self) -> TcletResult:
         """The tclet's result, once its worker has ended and the host has released it."""
@@ -293,6 +301,7 @@ class Tclet:
         if services.tclets.pop(self.id, None) is not None:
             services.totals.workers -= 1
         services.hub.unregister(self.id)
+        services.crowds.leave(self.origin, self.id)
         self.enforcer.detach()
         self.sockets.release()
         self.quotas.free_all()

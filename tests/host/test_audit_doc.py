@@ -21,6 +21,7 @@ from support.waiting import until
 from tcletd.api import Host
 from tcletd.host.audit import AuditLog
 from tcletd.host.control_audit import ControlAudit
+from tcletd.host.crowds import CROWD
 from tcletd.host.watchdog import PenaltyHeld
 
 pytestmark = pytest.mark.timeout(90)
@@ -99,6 +100,13 @@ async def _provoke(host: Host, tmp_path: Path) -> None:
     with pytest.raises(PenaltyHeld):
         host.launch("", policy="home", origin=site, **quiet())
     assert (await asyncio.wait_for(boxed.wait(), 30)).status == 0
+    # A crowd: a site's tclets past its first CROWD running at once start demoted (site_crowd).
+    crowd = [
+        host.launch("after 300", policy="home", origin="http://127.0.0.1:8082/", **quiet())
+        for _ in range(CROWD + 1)
+    ]
+    for tclet in crowd:
+        assert (await asyncio.wait_for(tclet.wait(), 30)).status == 0
     # Control records, summary included: a ControlAudit of one record a second, on a log.
     log = AuditLog(tmp_path / "control.jsonl")
     control = ControlAudit(lambda: log, per_window=1)

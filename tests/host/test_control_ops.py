@@ -308,6 +308,7 @@ SAMPLES = {
     "page": ["page", "x.html"],
     "version": ["version"],
     "doctor": ["doctor"],
+    "attack": ["attack", "--quick", "--only", "busy_loop"],
 }
 
 

@@ -1,0 +1,214 @@
+"""The tclets and requests that measure what an attack does to its neighbours.
+
+Client side of the trust boundary, but these tclets are the tool's own: their output is parsed,
+strictly (a line that does not parse is an error of the probe, never a figure). An attack's
+tclets print what they like; nothing they print is read for a verdict.
+
+- The **echo probe**: a well-behaved tclet doing blocking round trips of a 63-byte line to an
+  echo server in a process of its own, in batches with pauses in its event loop (as a real
+  tclet would), each timed in Tcl with ``clock microseconds``; it prints each batch with the
+  wall-clock time it started, so that the tool can draw latency over time.
+- The **neighbour**: a tclet that connects and closes, again and again, to a name the tool's DNS
+  server answers at once, printing each connect's microseconds: what a slow-DNS attack must not
+  delay.
+- The **control watch**: the tool's own ``status`` request to the host every 50 ms, its answer
+  time recorded: the host's slowest control answer during an attack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from tcletd.attack.targets import Run, Target
+
+ECHO_PROBE = r"""
+lassign $argv host port n batch pause
+set s [socket $host $port]
+fconfigure $s -translation lf -buffering full
+set line [string repeat x 63]
+for {set i 0} {$i < 50} {incr i} {puts $s $line; flush $s; gets $s}
+set done 0
+while {$done < $n} {
+    set rts {}
+    set at [clock microseconds]
+    for {set i 0} {$i < $batch && $done < $n} {incr i; incr done} {
+        set t0 [clock microseconds]
+        puts $s $line
+        flush $s
+        if {[gets $s reply] != 63} {error "bad echo reply at $done"}
+        lappend rts [expr {[clock microseconds] - $t0}]
+    }
+    puts "B $at [join $rts ,]"
+    flush stdout
+    after $pause {set ::tick 1}
+    vwait ::tick
+}
+close $s
+puts END
+exit 0
+"""
+
+NEIGHBOUR = r"""
+lassign $argv name port pause
+proc round {} {
+    global name port pause
+    set t0 [clock microseconds]
+    if {[catch {close [socket $name $port]} err]} {puts "E $err"} else {
+        puts "C [expr {[clock microseconds] - $t0}]"
+    }
+    flush stdout
+    after $pause round
+}
+after 0 round
+vwait forever
+"""
+
+PROBE_ORIGIN = "http://127.0.0.1:7001/"  # a site no attack comes from
+
+
+class ProbeError(Exception):
+    """A probe failed: the measurement is void (the tool says so; it is no verdict)."""
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+@dataclass
+class EchoSample:
+    """One echo probe's round trips (µs) and, per batch, (wall time s, worst µs of the batch)."""
+
+    rts: list[float] = field(default_factory=list)
+    timeline: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def p50(self) -> float:
+        return percentile(self.rts, 0.50)
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.rts, 0.99)
+
+
+def parse_echo(output: bytes, expected: int) -> EchoSample:
+    sample = EchoSample()
+    ended = False
+    for raw in output.decode("utf-8", "replace").splitlines():
+        parts = raw.split(" ")
+        if parts == ["END"]:
+            ended = True
+        elif len(parts) == 3 and parts[0] == "B":
+            try:
+                at = int(parts[1]) / 1e6
+                rts = [float(x) for x in parts[2].split(",")]
+            except ValueError:
+                raise ProbeError(f"echo probe: a line that does not parse: {raw[:80]!r}") from None
+            sample.rts += rts
+            sample.timeline += [(at, max(rts))]
+        else:
+            raise ProbeError(f"echo probe: an unexpected line: {raw[:80]!r}")
+    if not ended or len(sample.rts) != expected:
+        raise ProbeError(f"echo probe: {len(sample.rts)} round trips of {expected}, ended {ended}")
+    return sample
+
+
+async def echo_probe(target: Target, port: int, n: int, *, batch: int = 100) -> EchoSample:
+    """Run the echo probe to its end; raises ProbeError if it did not end well."""
+    out = bytearray()
+    run = await target.run(
+        ECHO_PROBE,
+        name="probe",
+        origin=PROBE_ORIGIN,
+        argv=["127.0.0.1", str(port), str(n), str(batch), "20"],
+        on_stdout=out.extend,
+        policy="home",
+    )
+    await run.wait(120.0)
+    if run.exit is None or run.exit.status != 0:
+        run.close()
+        why = run.refused or (run.exit and f"{run.exit.reason} (status {run.exit.status})")
+        raise ProbeError(f"echo probe did not end well: {why}")
+    return parse_echo(bytes(out), n)
+
+
+class Neighbour:
+    """The connect neighbour, running until :meth:`stop`; its connect times in µs."""
+
+    def __init__(self) -> None:
+        self.connects: list[float] = []
+        self.errors: list[str] = []
+        self._run: Run | None = None
+        self._buf = b""
+
+    async def start(self, target: Target, name: str, port: int) -> None:
+        self._run = await target.run(
+            NEIGHBOUR,
+            name="neighbour",
+            origin=f"http://{name}:{port}/",
+            argv=[name, str(port), "250"],  # 4 a second: within home's connect quota
+            on_stdout=self._take,
+            policy="home",
+        )
+
+    def _take(self, data: bytes) -> None:
+        self._buf += data
+        *lines, self._buf = self._buf.split(b"\n")
+        for line in lines:
+            text = line.decode("utf-8", "replace")
+            if text.startswith("C ") and text[2:].isdigit():
+                self.connects.append(float(text[2:]))
+            elif text.startswith("E "):
+                self.errors.append(text[2:])
+
+    async def stop(self) -> None:
+        if self._run is not None:
+            self._run.close()
+            await self._run.wait(5.0)
+
+
+class ControlWatch:
+    """The host's control answers (ms) while it runs: a ``status`` request every ``period``."""
+
+    def __init__(self, target: Target, period: float = 0.05) -> None:
+        self.answers: list[float] = []
+        self.failures: list[str] = []
+        self.demoted_ids: set[str] = set()
+        self._stopping = False  # as well as the cancel: 3.11's wait_for may swallow one
+        self._target = target
+        self._period = period
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        while not self._stopping:
+            started = time.monotonic()
+            try:
+                rows = await self._target.ps(timeout=5.0)
+                self.answers.append((time.monotonic() - started) * 1000)
+                self.demoted_ids |= {str(r.get("id")) for r in rows if r.get("demoted") is True}
+            except (OSError, TimeoutError) as exc:
+                self.failures.append(str(exc) or type(exc).__name__)
+                self.answers.append((time.monotonic() - started) * 1000)
+            await asyncio.sleep(max(0.0, self._period - (time.monotonic() - started)))
+
+    def demoted(self, ids: Iterable[str | None]) -> bool:
+        """Whether the host was seen to demote any of the tclets ``ids``."""
+        return any(i in self.demoted_ids for i in ids if i is not None)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
