@@ -129,8 +129,10 @@ class Runner:
                 # A neighbour that could not run beside the attack was not protected from it.
                 ok, why = False, f"{why}; {phase.probe_failed}"
             if not ok:
+                if contained:
+                    whys = []  # what failed, not what went well in other rounds
                 contained = False
-            if why not in whys:
+            if (not ok or contained) and why not in whys and (not ok or not whys):
                 whys.append(why)
             if alone is not None and phase.sample is not None and alone.p99 > 0:
                 ratios.append(phase.sample.p99 / alone.p99)
