@@ -34,8 +34,6 @@ class ControlAttack:
         if driver not in DRIVERS:
             raise ValueError(f"no such control attack: {driver}")
         self.driver = driver
-        self.answers: list[float] = []  # the runner's watch times the well-behaved client
-        self.failures: list[str] = []
         self._path = target.path
         self._proc: asyncio.subprocess.Process | None = None
 
@@ -66,7 +64,6 @@ class Flooder:
 
     def __init__(self, target: Target, driver: str) -> None:
         self.driver = driver
-        self.sent = 0  # requests (flood) or connections (slowloris) the attack made
         self._target = target
         self._tasks: list[asyncio.Task[None]] = []
         # Checked by every loop as well as cancelling it: Python 3.11's wait_for can swallow a
@@ -96,7 +93,6 @@ class Flooder:
             writer: asyncio.StreamWriter | None = None
             try:
                 reader, writer = await connect(self._target.path)
-                self.sent += 1
                 writer.write(hello() + b'{"op":"run","size":1000000}\n' + b"puts x;" * 10)
                 await writer.drain()
                 while await reader.read(1 << 16):  # until the host closes it
@@ -120,7 +116,6 @@ class Flooder:
                 frames = FrameReader(1 << 20)
                 while not self._stopping:
                     writer.write(burst)
-                    self.sent += FLOOD_BURST
                     await writer.drain()
                     answered = 0
                     while answered < FLOOD_BURST and not self._stopping:

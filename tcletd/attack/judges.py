@@ -49,7 +49,6 @@ class Evidence:
     control_failures: list[str] = field(default_factory=list)
     leftover_fds: int = 0
     leftover_procs: int = 0
-    skipped_checks: list[str] = field(default_factory=list)
     lag: int = 1  # connections the echo server may see late (see _peak_sockets)
 
 

@@ -107,9 +107,9 @@ class Runner:
     async def attack(self, attacks: list[Attack], name: str) -> AttackResult:
         """Every round of ``attacks`` (one, or all together) and the verdict."""
         ratios: list[float] = []
+        oks: list[bool] = []
         first: Phase | None = None
-        contained = True
-        whys: list[str] = []
+        whys: list[str] = []  # the first round's finding, or else every failed round's
         spans: list[tuple[float, float]] = []
         for r in range(self.options.rounds):
             order = ("alone", "attack") if r % 2 == 0 else ("attack", "alone")
@@ -128,11 +128,10 @@ class Runner:
             if phase.probe_failed:
                 # A neighbour that could not run beside the attack was not protected from it.
                 ok, why = False, f"{why}; {phase.probe_failed}"
-            if not ok:
-                if contained:
-                    whys = []  # what failed, not what went well in other rounds
-                contained = False
-            if (not ok or contained) and why not in whys and (not ok or not whys):
+            oks.append(ok)
+            if not ok and all(oks[:-1]):
+                whys = []  # say what failed, not what went well in other rounds
+            if (not ok or not whys) and why not in whys:
                 whys.append(why)
             if alone is not None and phase.sample is not None and alone.p99 > 0:
                 ratios.append(phase.sample.p99 / alone.p99)
@@ -143,7 +142,7 @@ class Runner:
         control = percentile(ev.control_ms, 0.99) if ev.control_ms else None
         return AttackResult(
             name=name,
-            contained=contained,
+            contained=all(oks),
             ended_by=reason,
             status=status,
             seconds=round(ev.seconds, 3),
@@ -280,8 +279,8 @@ class Runner:
             host_growth=growth,
             worker_fds_max=worker_fds,
             demoted=demoted,
-            control_ms=watch.answers + [ms for d in drivers for ms in d.answers],
-            control_failures=watch.failures + [f for d in drivers for f in d.failures],
+            control_ms=watch.answers,
+            control_failures=watch.failures,
             leftover_fds=leftover_fds,
             leftover_procs=leftover_procs,
         )

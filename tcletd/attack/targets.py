@@ -1,9 +1,9 @@
 """The host ``tcletd attack`` attacks, and its way in: the control socket.
 
 Client side of the trust boundary. Every tclet the tool starts, hostile or probe, is a ``run``
-over the host's control socket (docs/protocol.md), on an embedded host (an in-process
-:class:`tcletd.api.Host` with a control endpoint on a private socket, pointed at the tool's own
-DNS server) or on a resident host (``--host PATH``). One path for both, so that what the tool
+over the host's control socket (docs/protocol.md), on the tool's own host (``tcletd serve`` on a
+private socket, in a process of its own, pointed at the tool's DNS server: "embedded" in the
+report) or on a resident host (``--host PATH``). One path for both, so that what the tool
 measures on the embedded host is what an operator's resident host does, and the control attacks
 (slowloris, status flood, launch storm) meet the same endpoint either way. What comes back from
 the host is parsed as frames and checked for the fields used; a tclet's output is only counted
@@ -150,27 +150,6 @@ class Target:
         writer.write(frame)
         run._task = asyncio.ensure_future(_follow(run, reader, on_stdout))
         return run
-
-    async def request(self, header: dict[str, Any], until: str, timeout: float = 10.0) -> float:
-        """One request on a fresh connection, answered: its seconds (the host's answer time,
-        connection included), or raises TimeoutError/OSError."""
-        started = time.monotonic()
-        reader, writer = await connect(self.path, timeout)
-        try:
-            writer.write(hello() + encode(header))
-            frames = FrameReader(MAX_OUTPUT_FRAME)
-            deadline = started + timeout
-            while True:
-                data = await asyncio.wait_for(reader.read(1 << 16), deadline - time.monotonic())
-                if not data:
-                    raise OSError("the host closed the connection")
-                for head, _payload in frames.feed(data):
-                    if head.get("event") == "error":
-                        raise OSError(str(head.get("message")))
-                    if head.get("event") == until and head.get("more") is not True:
-                        return time.monotonic() - started
-        finally:
-            writer.close()
 
     async def ps(self, timeout: float = 10.0) -> list[dict[str, Any]]:
         """The host's running tclets (``ps``)."""
