@@ -49,7 +49,7 @@ class Evidence:
     control_failures: list[str] = field(default_factory=list)
     leftover_fds: int = 0
     leftover_procs: int = 0
-    lag: int = 1  # connections the echo server may see late (see _peak_sockets)
+    lag: int = 1  # connections the echo server may see late (see _peak_sockets; 2 together)
 
 
 def stopper(run: Run) -> str:
@@ -210,8 +210,6 @@ def verdict(ev: Evidence, *, together: bool = False) -> tuple[bool, str]:
     leave the host answering. ``together``: beside the whole catalogue, where only the safety
     judges apply."""
     judge = ev.attack.judge if not together or ev.attack.judge in SAFETY else "survives"
-    if together:
-        ev.lag = 2
     contained, why = JUDGES[judge](ev)
     if ev.leftover_fds or ev.leftover_procs:
         contained = False

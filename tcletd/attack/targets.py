@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tcletd.policy.store import is_policy_path
 from tcletd.shared.control import FrameReader, encode, hello, run_header
 
 MAX_OUTPUT_FRAME = 1 << 20  # the host's own bound on a payload it sends
@@ -64,7 +65,6 @@ class TargetError(Exception):
 class Exit:
     status: int
     reason: str
-    by_host: bool
 
 
 @dataclass
@@ -73,17 +73,15 @@ class Run:
     (``client went away``), which is how the tool ends an attack at its deadline."""
 
     name: str
-    started_at: float = 0.0
     tclet_id: str | None = None
     pid: int | None = None
     refused: str | None = None  # the host's error frame instead of a start (host full, ...)
     closed: bool = False  # the tool ended it by closing its connection
     exit: Exit | None = None
     ended_at: float | None = None
-    started: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     _writer: asyncio.StreamWriter | None = None
-    _task: asyncio.Task[None] | None = None
+    _task: asyncio.Task[None] | None = None  # its reader: held, as the loop keeps tasks weakly
 
     def close(self) -> None:
         if self._writer is not None and not self.done.is_set():
@@ -107,7 +105,6 @@ class Target:
         self.policy = policy  # the name the host knows it by
         self.dns = dns  # whether the host resolves names with the tool's DNS server
         self.pid = 0
-        self._runs: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -138,13 +135,12 @@ class Target:
             "argv": list(argv),
         }
         frame = hello() + encode(run_header(fields), script.encode())
-        run = Run(name=name, started_at=time.monotonic())
+        run = Run(name=name)
         try:
             reader, writer = await connect(self.path, limit=1 << 16)
         except (OSError, TimeoutError) as exc:
             run.refused = f"cannot connect: {exc}"
             run.done.set()
-            run.started.set()
             return run
         run._writer = writer
         writer.write(frame)
@@ -186,16 +182,11 @@ async def _follow(
                     run.tclet_id = str(head.get("id"))
                     pid = head.get("pid")
                     run.pid = pid if isinstance(pid, int) else None
-                    run.started.set()
                 elif event == "stdout" and on_stdout is not None:
                     on_stdout(payload)
                 elif event == "exit":
                     status, reason = head.get("status"), head.get("reason")
-                    run.exit = Exit(
-                        status if isinstance(status, int) else -1,
-                        str(reason),
-                        head.get("by_host") is True,
-                    )
+                    run.exit = Exit(status if isinstance(status, int) else -1, str(reason))
                 elif event == "error":
                     run.refused = str(head.get("message"))
     except (OSError, ValueError) as exc:  # ValueError: FrameError, a broken frame
@@ -205,7 +196,6 @@ async def _follow(
         run.ended_at = time.monotonic()
         if run.exit is None and run.refused is None and not run.closed:
             run.refused = "the host closed the connection without an exit"
-        run.started.set()
         run.done.set()
         if run._writer is not None:
             run._writer.close()
@@ -248,13 +238,12 @@ class EmbeddedHost:
         self._env = env
         self._tmp = Path(tempfile.mkdtemp(prefix="tcletd-attack-"))
         self._proc: asyncio.subprocess.Process | None = None
-        self._said: list[str] = []
         self._drain: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Target:
         name, policy_dir = self._policy, self._policy_dir
         path = Path(self._policy)
-        if path.suffix == ".toml" or os.sep in self._policy:
+        if is_policy_path(self._policy):
             if not path.is_file():
                 raise TargetError(f"--policy {self._policy}: no such file")
             policy_dir = self._tmp / "policies"
@@ -288,10 +277,9 @@ class EmbeddedHost:
         return target
 
     async def _read_stderr(self, stream: asyncio.StreamReader) -> None:
-        """Keep reading what the host says (a full pipe would block it); the last lines are
-        kept for an error message."""
-        while line := await stream.readline():
-            self._said = [*self._said[-49:], line.decode(errors="replace").rstrip()]
+        """Keep reading what the host says once it serves: a full pipe would block it."""
+        while await stream.read(1 << 16):
+            pass
 
     async def __aexit__(self, *exc: object) -> None:
         proc = self._proc

@@ -51,10 +51,11 @@ def attack_arguments(parser: argparse.ArgumentParser) -> None:
 def attack(args: argparse.Namespace) -> int:
     from tcletd.attack.catalogue import CatalogueError, load_catalogue, select
     from tcletd.attack.report import PlotUnavailable
+    from tcletd.policy.store import is_policy_path
 
     if args.rounds is not None and not 1 <= args.rounds <= 50:
         return _usage(f"--rounds: expected 1 to 50, got {args.rounds}")
-    if args.host and (args.policy.endswith(".toml") or "/" in args.policy):
+    if args.host and is_policy_path(args.policy):
         return _usage(
             f"--policy {args.policy}: a resident host takes policies by name; start it with "
             "--policy-dir DIR holding the file and give its NAME"

@@ -124,9 +124,13 @@ class ControlServer:
         """Tell the host how many descriptors the endpoint holds (connections admitted or on
         their way, and ``newcomer``): whether that leaves its margin. One being closed is not
         counted: its descriptor goes within the turn, and the margin is for such moments."""
-        staying = sum(1 for c in self._connections if not c.closing)
-        held = staying + len(self._accepting) + newcomer
+        held = self._staying() + len(self._accepting) + newcomer
         return self.host.control_descriptors(held, ACCEPT_PER_TURN)
+
+    def _staying(self) -> int:
+        """Connections not on their way out: those leaving hold no slot, and their descriptor
+        goes within the turn."""
+        return sum(1 for c in self._connections if not c.closing)
 
     def _take_socket(self, sock: socket.socket, *, starved: bool) -> None:
         sock.setblocking(False)
@@ -180,7 +184,7 @@ class ControlServer:
         every other one runs a tclet."""
         self._connections[conn] = None  # made: it has a transport to be told and closed on
         starved = conn.starved
-        slots = sum(1 for c in self._connections if not c.closing)  # those leaving hold none
+        slots = self._staying()
         if not starved and slots <= self.bounds.max_connections:
             return True
         victim = victim_for(conn, self._connections)
