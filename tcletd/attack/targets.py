@@ -13,6 +13,7 @@ or parsed by the probes that the tool wrote.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import shutil
@@ -239,6 +240,7 @@ class EmbeddedHost:
         self._tmp = Path(tempfile.mkdtemp(prefix="tcletd-attack-"))
         self._proc: asyncio.subprocess.Process | None = None
         self._drain: asyncio.Task[None] | None = None
+        self._said: collections.deque[str] = collections.deque(maxlen=12)  # its last lines
 
     async def __aenter__(self) -> Target:
         name, policy_dir = self._policy, self._policy_dir
@@ -277,9 +279,20 @@ class EmbeddedHost:
         return target
 
     async def _read_stderr(self, stream: asyncio.StreamReader) -> None:
-        """Keep reading what the host says once it serves: a full pipe would block it."""
-        while await stream.read(1 << 16):
-            pass
+        """Keep reading what the host says once it serves (a full pipe would block it), its last
+        lines kept: they say why, if it dies."""
+        while chunk := await stream.read(1 << 16):
+            # A line cut between two reads is kept as two: a tail, not a log.
+            self._said.extend(line[:300] for line in chunk.decode(errors="replace").splitlines())
+
+    def died(self) -> str | None:
+        """Why the tool's host is gone, if it is: its exit and its last words."""
+        proc = self._proc
+        if proc is None or proc.returncode is None:
+            return None
+        how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"status {proc.returncode}"
+        said = " / ".join(self._said) or "nothing on stderr"
+        return f"the tool's host exited ({how}): {said}"
 
     async def __aexit__(self, *exc: object) -> None:
         proc = self._proc

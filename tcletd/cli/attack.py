@@ -113,6 +113,9 @@ async def _attack(args: argparse.Namespace, attacks: list[Attack]) -> int:
                 async with embedded as target:
                     runner = Runner(target, servers, dns, options, quota)
                     results = await _run(runner, attacks)
+                    died = embedded.died()
+                if died is not None:  # every attack after it failed to connect: say why
+                    print(f"tcletd: attack: {died}", file=sys.stderr)
     except TargetError as exc:
         return _usage(str(exc))
     except ProbeError as exc:

@@ -36,6 +36,7 @@ from tcletd.cli.options import (
     nameserver_argument,
     positive_seconds,
     seconds,
+    share,
     whole,
 )
 
@@ -272,6 +273,15 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
         default=30.0,
         metavar="DURATION",
         help="how long a connection without a tclet may go without a request (30s)",
+    )
+    serve.add_argument(
+        "--client-share",
+        type=share,
+        default=0.25,
+        metavar="FRACTION",
+        help="of one core, the host time one connection's requests may take past a burst of "
+        "0.5 s (0.25; each request counts 1 ms at least); all connections together take twice "
+        "that at most, and a connection past either waits",
     )
     serve.add_argument(
         "--policy-dir",

@@ -41,6 +41,19 @@ def whole(text: str) -> int:
     return value
 
 
+def share(text: str) -> float:
+    """A share of one core, more than 0 and at most 1 (``0.25``), for an option."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a share of one core, more than 0 and at most 1, got {text!r}"
+        )
+    return value
+
+
 def positive_seconds(text: str) -> float:
     """A duration of more than 0 for an option."""
     value = seconds(text)

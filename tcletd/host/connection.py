@@ -32,6 +32,7 @@ from tcletd.host.bounds import Bounds, Held
 from tcletd.host.control_audit import ControlAudit
 from tcletd.host.host import Host
 from tcletd.host.ops import OPERATIONS, NotAnOperation, unknown_op
+from tcletd.host.pacing import Allowance, Endpoint, cost
 from tcletd.host.tclet import Tclet
 from tcletd.shared.control import MAX_SCRIPT, PROTOCOL, FrameError, FrameReader, encode
 from tcletd.shared.errors import EXIT_SOFTWARE, EXIT_TEMPFAIL, EXIT_USAGE, TcletdError
@@ -74,9 +75,11 @@ class ControlConnection(asyncio.Protocol):
         held: Held | None = None,
         admit: Callable[[ControlConnection], bool] | None = None,
         audit: ControlAudit | None = None,
+        endpoint: Endpoint | None = None,
     ) -> None:
         """``done`` is told when the connection is gone; ``admit``, when it is made, whether it
-        may stay (it was told why not); ``audit`` records the bounds' closings."""
+        may stay (it was told why not); ``audit`` records the bounds' closings; ``endpoint`` is
+        the host time all the endpoint's connections may take (tcletd.host.pacing)."""
         self.host = host
         self._bounds_audit = audit
         self._done = done
@@ -84,6 +87,10 @@ class ControlConnection(asyncio.Protocol):
         self.bounds = bounds or Bounds()
         self._held = held or Held(self.bounds.max_held)
         self._holding = 0  # this connection's part of _held
+        now = time.monotonic()
+        bounds = self.bounds
+        self._allowance = Allowance(bounds.client_share, bounds.burst, now)
+        self._endpoint = endpoint or Endpoint(bounds.endpoint_share, bounds.burst, now)
         self._reader = FrameReader(MAX_SCRIPT)
         self._transport: asyncio.Transport | None = None
         self.tclet: Tclet | None = None
@@ -163,6 +170,7 @@ class ControlConnection(asyncio.Protocol):
         for task in list(self._tasks):
             task.cancel()
         self._release()
+        self._endpoint.forget(self)
         if self._turn is not None:
             self._turn.cancel()
         self._transport = None
@@ -173,12 +181,33 @@ class ControlConnection(asyncio.Protocol):
     def _work(self) -> None:
         """Handle up to ``per_turn`` buffered frames, or TURN_BUDGET of them; more wait for the
         next loop turn, with this connection's reading paused, so that one client's flood delays
-        nobody else."""
-        self._turn = None
+        nobody else. Past its allowance of host time, or the endpoint's, it waits until the
+        allowance is back."""
+        if self._turn is not None:
+            self._turn.cancel()
+            self._turn = None
         transport = self._transport
         if transport is None or self.closing:
             return
-        began, more = time.perf_counter(), True
+        now = time.monotonic()
+        wait = self._allowance.due(now)
+        if wait > 0:
+            self._turn = asyncio.get_running_loop().call_later(wait, self._work)
+        elif self._endpoint.admits(self, now):
+            self._handle(transport)
+            return
+        self._pause(transport)
+        self.frame_since = None  # its frames wait on the host, not on the client
+
+    def left(self, now: float) -> float:
+        return self._allowance.left(now)
+
+    def go(self) -> None:
+        if self._transport is not None and not self.closing:
+            self._handle(self._transport)
+
+    def _handle(self, transport: asyncio.Transport) -> None:
+        began, more, handled = time.perf_counter(), True, 0
         for _ in range(self.bounds.per_turn):
             if time.perf_counter() - began > TURN_BUDGET:
                 break  # the rest on the next turn, after everyone else's (a burst of launches)
@@ -193,12 +222,17 @@ class ControlConnection(asyncio.Protocol):
                 if frame is None:
                     more = False
                     break
+                handled += 1
                 self._take(*frame)
             except Exception as exc:  # the host goes on; the client learns it failed
                 self._refuse(exc)
                 return
             self.since = time.monotonic()
             self.frame_since = self.since if self._reader.partial else None
+        if handled:
+            charged, now = cost(time.perf_counter() - began, handled), time.monotonic()
+            self._allowance.charge(charged, now)
+            self._endpoint.charge(charged, now)
         if more:
             self._pause(transport)
             # The frames left wait on the host, not on the client: a burst the host is slow to
@@ -275,10 +309,13 @@ class ControlConnection(asyncio.Protocol):
         return sink
 
     def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        self.send_frame(encode(header, payload))
+
+    def send_frame(self, frame: bytes) -> None:
         # Not once failed: its write side is shut (write_eof), and a frame decided before the
         # failure may still come (a launch's reply waits for the fork).
         if self._transport is not None and not self._transport.is_closing() and not self.closing:
-            self._transport.write(encode(header, payload))
+            self._transport.write(frame)
 
     async def drained(self) -> None:
         """Until the client has taken what was sent it, down to the low-water mark."""

@@ -35,6 +35,7 @@ from tcletd.host.connection import ControlConnection
 from tcletd.host.control_audit import ControlAudit
 from tcletd.host.control_path import claim, release
 from tcletd.host.host import Host
+from tcletd.host.pacing import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class ControlServer:
             bounds = Bounds(**{**bounds.__dict__, "max_connections": max_connections})
         self.bounds = bounds
         self.held = Held(bounds.max_held)
+        self.endpoint = Endpoint(bounds.endpoint_share, bounds.burst, time.monotonic())
         self.audit = ControlAudit(lambda: host.audit)
         self._listener: socket.socket | None = None
         self._connections: dict[ControlConnection, None] = {}  # oldest first
@@ -161,7 +163,7 @@ class ControlServer:
 
     def _connection(self, starved: bool) -> ControlConnection:
         conn = ControlConnection(
-            self.host, self._gone, self.bounds, self.held, self._admit, self.audit
+            self.host, self._gone, self.bounds, self.held, self._admit, self.audit, self.endpoint
         )
         conn.starved = starved
         return conn

@@ -1,16 +1,22 @@
 """The control endpoint's pure parts: configuration files read only when regular and small, a run
 request names its policy by name, the frame reader one frame at a time, and who is evicted or
-closed at a deadline (:mod:`tcletd.host.bounds`)."""
+closed at a deadline (:mod:`tcletd.host.bounds`), and the allowance of the host's time each
+connection is paced by (:mod:`tcletd.host.pacing`)."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tcletd.cli.options import share
 from tcletd.host.bounds import Bounds, Held, overdue, victim_for
+from tcletd.host.pacing import Allowance, Endpoint, cost
 from tcletd.policy.files import MAX_CONFIG_BYTES, UnreadableError, read_toml
 from tcletd.policy.store import known_policies, load_policy
 from tcletd.shared.control import FrameError, FrameReader, encode
@@ -149,3 +155,50 @@ def test_a_symlink_to_a_policy_already_loaded_is_still_refused(tmp_path: Path) -
     link.symlink_to(ROOT / "policies" / "home.toml")
     with pytest.raises(UnreadableError, match="a symbolic link"):
         load_policy(link)
+
+
+def test_an_allowance_spends_its_burst_then_refills_at_its_share() -> None:
+    allowance = Allowance(share=0.25, burst=0.5, now=0.0)
+    assert allowance.due(0.0) == 0.0
+    allowance.charge(cost(0.0001, 600), now=0.0)  # 600 cheap requests count 1 ms each
+    assert allowance.left(0.0) == pytest.approx(-0.1)
+    assert allowance.due(0.0) == pytest.approx(0.4, abs=0.001)  # 0.1 s owed at 0.25 a second
+    assert allowance.due(0.5) == 0.0
+    allowance.charge(cost(0.2, 1), now=0.5)  # one slow request counts its own time
+    assert allowance.left(0.5) == pytest.approx(0.025 - 0.2)
+    assert allowance.due(1000.0) == 0.0 and allowance.left(1000.0) == 0.5  # never above the burst
+
+
+def test_serve_refuses_a_share_that_is_not_part_of_a_core() -> None:
+    for bad in ("0", "1.5", "-0.1", "a quarter", "nan"):
+        with pytest.raises(argparse.ArgumentTypeError, match="share of one core"):
+            share(bad)
+    assert share("0.25") == 0.25 and share("1") == 1.0
+
+
+def test_past_the_endpoints_allowance_the_connection_that_asked_least_goes_first() -> None:
+    class _Client:
+        def __init__(self, name: str, own: float, order: list[str]) -> None:
+            self.name, self.own, self.order = name, own, order
+
+        def left(self, now: float) -> float:
+            return self.own
+
+        def go(self) -> None:
+            self.order.append(self.name)
+            endpoint.charge(0.05, time.monotonic())  # each turn spends the endpoint's refill
+
+    async def main() -> list[str]:
+        order: list[str] = []
+        flooders = [_Client(f"flood{i}", -0.1 * i, order) for i in range(4)]
+        quiet = _Client("quiet", 0.5, order)
+        endpoint.charge(1.0, time.monotonic())  # spent: everyone queues
+        for client in [*flooders, quiet]:
+            assert not endpoint.admits(client, time.monotonic())
+        endpoint.forget(flooders[3])  # gone: never called
+        while len(order) < 4:
+            await asyncio.sleep(0.05)
+        return order
+
+    endpoint = Endpoint(share=1.0, burst=0.05, now=time.monotonic())
+    assert asyncio.run(asyncio.wait_for(main(), 10)) == ["quiet", "flood0", "flood1", "flood2"]

@@ -13,6 +13,8 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
+
 from tcletd.shared.control import MAX_HEADER
 
 if TYPE_CHECKING:
@@ -32,6 +34,9 @@ class Session(Protocol):
 
     def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
         """Queue a frame for the client."""
+
+    def send_frame(self, frame: bytes) -> None:
+        """Queue a frame already encoded (:func:`row_frames`'s) for the client."""
 
     def output(self, stream: str) -> Callable[[bytes], None]:
         """A sink relaying a tclet's stream (``stdout``, ``stderr``) to the client."""
@@ -57,28 +62,33 @@ Handler = Callable[[Session, dict[str, Any], bytes], None]
 _FRAME_SLACK = 256
 
 
-def row_frames(event: str, rows: Sequence[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """``{"event": event, "tclets": rows}`` as frames each within the wire's header limit: a
-    host of 2,000 tclets has ~400 KiB of ``ps`` rows, and a header longer than 64 KiB is a
-    broken frame to every client. All but the last say ``"more": true``; one frame, without
-    it, when the rows fit (as before, for any number of tclets a header holds)."""
-    batch: list[dict[str, Any]] = []
+def row_frames(event: str, rows: Sequence[dict[str, Any]]) -> Iterator[bytes]:
+    """``{"event": event, "tclets": rows}`` as encoded frames each within the wire's header
+    limit: a host of 2,000 tclets has ~400 KiB of ``ps`` rows, and a header longer than 64 KiB
+    is a broken frame to every client. All but the last say ``"more": true``; one frame,
+    without it, when the rows fit (as before, for any number of tclets a header holds)."""
+    # Each row encoded once, by msgspec: encoded twice by json (to measure it, then to send
+    # it), a status flood's answers took 60 % of the host's loop beside a hundred tclets.
+    name = json.dumps(event).encode()
+    batch: list[bytes] = []
     size = 0
     for row in rows:
-        # Measured once here, encoded again by the send: ~10 us a row, a ps of 3,000 ~30 ms.
-        length = len(json.dumps(row, separators=(",", ":")).encode()) + 1
-        if batch and size + length > MAX_HEADER - _FRAME_SLACK:
-            yield {"event": event, "more": True, "tclets": batch}
+        encoded = _ROW_ENCODER.encode(row)
+        if batch and size + len(encoded) + 1 > MAX_HEADER - _FRAME_SLACK:
+            yield b'{"event":%s,"more":true,"tclets":[%s]}\n' % (name, b",".join(batch))
             batch, size = [], 0
-        batch.append(row)
-        size += length
-    yield {"event": event, "tclets": batch}
+        batch.append(encoded)
+        size += len(encoded) + 1
+    yield b'{"event":%s,"tclets":[%s]}\n' % (name, b",".join(batch))
+
+
+_ROW_ENCODER = msgspec.json.Encoder()
 
 
 def send_rows(session: Session, event: str, rows: Sequence[dict[str, Any]]) -> None:
     """Send ``rows`` as :func:`row_frames` cuts them."""
     for frame in row_frames(event, rows):
-        session.send(frame)
+        session.send_frame(frame)
 
 
 @dataclass(frozen=True)
