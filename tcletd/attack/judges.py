@@ -215,7 +215,10 @@ def verdict(ev: Evidence, *, together: bool = False) -> tuple[bool, str]:
         contained = False
         why += f"; left {ev.leftover_fds} descriptors and {ev.leftover_procs} processes behind"
     worst = max(ev.control_ms, default=0.0)
-    if ev.attack.judge != "host-responsive" and (worst > CONTROL_MAX_MS or ev.control_failures):
+    if ev.attack.judge != "host-responsive" and worst > CONTROL_MAX_MS:
         contained = False
         why += f"; the host's control answers stalled ({worst:.0f} ms)"
+    if ev.attack.judge != "host-responsive" and ev.control_failures:
+        contained = False
+        why += f"; {len(ev.control_failures)} control requests failed ({ev.control_failures[0]})"
     return contained, why

@@ -277,10 +277,10 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--client-share",
         type=share,
-        default=0.25,
+        default=0.1,
         metavar="FRACTION",
         help="of one core, the host time one connection's requests may take past a burst of "
-        "0.5 s (0.25; each request counts 1 ms at least); all connections together take twice "
+        "0.5 s (0.1; each request counts 1 ms at least); all connections together take twice "
         "that at most, and a connection past either waits",
     )
     serve.add_argument(

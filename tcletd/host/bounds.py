@@ -33,8 +33,8 @@ class Bounds:
     # together; a connection past either waits (tcletd.host.pacing). Under a status flood on 2
     # cores, unpaced, a neighbour's echo p99 was 18 times its p99 alone. Both allowances hold
     # ``burst`` seconds: 500 launches at once (~0.4 ms of the host's each) go unpaced.
-    client_share: float = 0.25
-    endpoint_share: float = 0.5
+    client_share: float = 0.1
+    endpoint_share: float = 0.2
     burst: float = 0.5
 
     @property

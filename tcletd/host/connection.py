@@ -106,6 +106,7 @@ class ControlConnection(asyncio.Protocol):
         self.greeted = False  # its hello has come, naming our protocol version
         self.pending = False  # a run's script is being fetched: no second run
         self.replies_due = 0  # launches whose reply waits for their worker's fork
+        self.queued = False  # past an allowance, its frames waiting their turn (tcletd.host.pacing)
         self._tasks: set[asyncio.Task[None]] = set()  # its streaming requests
         self._writable = asyncio.Event()
         self._writable.set()
@@ -116,14 +117,16 @@ class ControlConnection(asyncio.Protocol):
         ``idle_deadline`` without a request)."""
         # A client waiting for replies is not idle: a burst's forks can take longer than the
         # idle deadline on a machine busy starting the burst (3,000 launches at once here).
-        return self.tclet is None and not self._tasks and not self.pending and not self.replies_due
+        waiting = self.pending or self.replies_due or self.queued
+        return self.tclet is None and not self._tasks and not waiting
 
     @property
     def working(self) -> bool:
-        """Whether it runs a tclet or a streaming request (the connections the host does not
-        evict)."""
+        """Whether it runs a tclet or a streaming request, or its requests wait their turn for
+        the host's time (the connections the host does not evict: a client paced behind a flood
+        would otherwise be the one idle the longest, under a slowloris's churn)."""
         running = self.tclet is not None and self.follow is not None and not self.follow.done()
-        return running or bool(self._tasks) or self.pending
+        return running or bool(self._tasks) or self.pending or self.queued
 
     # ---- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -197,6 +200,7 @@ class ControlConnection(asyncio.Protocol):
             self._handle(transport)
             return
         self._pause(transport)
+        self.queued = True
         self.frame_since = None  # its frames wait on the host, not on the client
 
     def left(self, now: float) -> float:
@@ -207,9 +211,14 @@ class ControlConnection(asyncio.Protocol):
             self._handle(self._transport)
 
     def _handle(self, transport: asyncio.Transport) -> None:
+        self.queued = False
         began, more, handled = time.perf_counter(), True, 0
+        now = time.monotonic()
+        # What the turn may spend: past it, the connection owes at most its last frame.
+        left = min(self._allowance.left(now), self._endpoint.allowance.left(now))
         for _ in range(self.bounds.per_turn):
-            if time.perf_counter() - began > TURN_BUDGET:
+            spent = time.perf_counter() - began
+            if spent > TURN_BUDGET or cost(spent, handled) >= left:
                 break  # the rest on the next turn, after everyone else's (a burst of launches)
             if self._write_paused and self.tclet is None:
                 self._pause(transport)  # resume_writing takes it up again
@@ -222,17 +231,18 @@ class ControlConnection(asyncio.Protocol):
                 if frame is None:
                     more = False
                     break
-                handled += 1
+                # A hello is charged only its time: a flood of connections that each say hello
+                # (a slowloris churning) must not spend the endpoint's allowance for everyone.
+                handled += frame[0].get("op") != "hello"
                 self._take(*frame)
             except Exception as exc:  # the host goes on; the client learns it failed
                 self._refuse(exc)
                 return
             self.since = time.monotonic()
             self.frame_since = self.since if self._reader.partial else None
-        if handled:
-            charged, now = cost(time.perf_counter() - began, handled), time.monotonic()
-            self._allowance.charge(charged, now)
-            self._endpoint.charge(charged, now)
+        charged, now = cost(time.perf_counter() - began, handled), time.monotonic()
+        self._allowance.charge(charged, now)
+        self._endpoint.charge(charged, now)
         if more:
             self._pause(transport)
             # The frames left wait on the host, not on the client: a burst the host is slow to

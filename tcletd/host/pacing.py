@@ -20,7 +20,7 @@ from typing import Protocol
 
 # Seconds of allowance a request costs at least. Its answer costs the machine more than the
 # host's part (the client decoding it, the kernel's copies), and a cheap request in a flood must
-# still be paced: at a share of 0.25 a connection gets 250 requests a second past its burst.
+# still be paced: at a share of 0.1 a connection gets 100 requests a second past its burst.
 REQUEST_COST = 0.001
 # Beyond the exact refill time, so that the turn it was due for finds the allowance positive.
 _ROUNDING = 1e-4

@@ -113,17 +113,18 @@ def breach(limit: str, maximum: float, value: float, source: str = "host") -> Br
 
 
 # A CPU hog is a worker that computes without really sleeping: over the last HOG_WINDOW its
-# main thread (the one running Tcl) ran for at least HOG_SHARE of a core (/proc/PID/schedstat)
-# and either slept (voluntary context switches) fewer than HOG_SLEEPS times a second, or slept
-# fewer than HOG_BRIEF_SLEEPS times a second for next to no time: it was running or runnable
-# for HOG_AWAKE of the window. The host puts it in the idle scheduling class for the rest of its
-# life, so that on a small machine a spinning tclet cannot delay its neighbours' wake-ups
-# (bench/bench_isolation.py). CPU share alone does not tell a hog: under contention three
-# spinners on two cores get 0.66 each, and a busy I/O-bound tclet can use as much. Measured on
-# 2 cores beside two spinners: a tight echo loop sleeps 11,000-25,000 times a second and is
-# awake 0.71-0.88 of the time; a loop or a memory bomb sleeps never; an `after 0` storm sleeps
-# 0-180 times a second (Tcl's notifier between its events) and is awake 1.00 of the time. With
-# the sleep count alone, a storm on a quiet machine was never demoted.
+# main thread (the one running Tcl) slept (voluntary context switches) fewer than
+# HOG_BRIEF_SLEEPS times a second and was running or runnable for HOG_AWAKE of the window
+# (/proc/PID/schedstat), whatever share of a core it got; or it ran for HOG_SHARE of a core and
+# slept fewer than HOG_SLEEPS times a second. The host puts it in the idle scheduling class for
+# the rest of its life, so that on a small machine a spinning tclet cannot delay its neighbours'
+# wake-ups (bench/bench_isolation.py). Share alone does not tell a hog: three spinners on two
+# cores get 0.66 each, a busy I/O-bound tclet as much, and 60 spinners started at once ~0.03
+# each (with share as a gate none was demoted for 2-3 s, and a neighbour's echo p99 was 47-67
+# times its p99 alone). Measured on 2 cores beside two spinners: a tight echo loop sleeps
+# 11,000-25,000 times a second and is awake 0.71-0.88 of the time; a loop or a memory bomb
+# sleeps never; an `after 0` storm sleeps 0-180 times a second (Tcl's notifier between its
+# events) and is awake 1.00 of the time (by sleeps alone, never demoted on a quiet machine).
 HOG_WINDOW = 0.1  # seconds
 HOG_SHARE = 0.3  # of one core, over the window
 HOG_SLEEPS = 20.0  # voluntary context switches per second, at most
@@ -367,9 +368,9 @@ class Meter:
         share = (last.ran - first.ran) / span
         sleeps = (last.sleeps - first.sleeps) / span
         awake = (last.awake - first.awake) / span
-        if share >= HOG_SHARE and (
-            sleeps < HOG_SLEEPS or (sleeps < HOG_BRIEF_SLEEPS and awake >= HOG_AWAKE)
-        ):
+        if awake >= HOG_AWAKE and sleeps < HOG_BRIEF_SLEEPS:
+            return share  # whatever share the others left it: it would take more
+        if share >= HOG_SHARE and sleeps < HOG_SLEEPS:
             return share
         return 0.0
 

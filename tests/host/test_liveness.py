@@ -154,6 +154,31 @@ def test_a_cpu_hog_is_demoted_and_an_io_bound_tclet_is_not() -> None:
     assert (chatty_demoted, chatty_classes) == (False, {os.SCHED_OTHER})
 
 
+def test_spinners_crowding_the_cores_are_each_demoted_though_each_gets_little() -> None:
+    """Eight spinners a core: each gets ~0.12 of one, under the share a lone hog shows, yet each
+    is awake (running or waiting to run) all the time without sleeping, and is demoted."""
+    count = 8 * (os.cpu_count() or 1)
+
+    async def scenario() -> tuple[float, int]:
+        async with Host(max_workers=count + 4) as host:
+            spinners = [
+                host.launch("puts go; flush stdout; while 1 {incr i}", policy="trusted", **quiet())
+                for _ in range(count)
+            ]
+            await until(lambda: all(t.worker is not None for t in spinners), timeout=30)
+            began = time.monotonic()
+            await until(lambda: all(t.demoted for t in spinners), timeout=3)
+            took = time.monotonic() - began
+            idle = sum(sched_classes(worker_pid(t)) == {os.SCHED_IDLE} for t in spinners)
+            for tclet in spinners:
+                await tclet.end("test over")
+            return took, idle
+
+    took, idle = asyncio.run(scenario())
+    print(f"{count} spinners demoted within {took:.2f} s")
+    assert idle == count
+
+
 def test_an_output_flood_is_demoted_and_read_at_a_bounded_pace(tmp_path: Path) -> None:
     from tcletd.host.output import PACED_READ
     from tcletd.host.watchdog import HOG_OUTPUT
