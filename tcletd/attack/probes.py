@@ -7,7 +7,10 @@ tclets print what they like; nothing they print is read for a verdict.
 - The **echo probe**: a well-behaved tclet doing blocking round trips of a 63-byte line to an
   echo server in a process of its own, in batches with pauses in its event loop (as a real
   tclet would), each timed in Tcl with ``clock microseconds``; it prints each batch with the
-  wall-clock time it started, so that the tool can draw latency over time.
+  wall-clock time it started, so that the tool can draw latency over time. Its batches are
+  spread over the attack's deadline, alone as beside the attack: run back to back, its 1,000
+  round trips took ~0.5 s, all of it in the first second of an attack (a catalogue's forks),
+  none of it when a memory bomb reached its limit.
 - The **neighbour**: a tclet that connects and closes, again and again, to a name the tool's DNS
   server answers at once, printing each connect's microseconds: what a slow-DNS attack must not
   delay.
@@ -121,18 +124,25 @@ def parse_echo(output: bytes, expected: int) -> EchoSample:
     return sample
 
 
-async def echo_probe(target: Target, port: int, n: int, *, batch: int = 100) -> EchoSample:
-    """Run the echo probe to its end; raises ProbeError if it did not end well."""
+async def echo_probe(
+    target: Target, port: int, n: int, *, span: float = 0.0, batch: int = 50
+) -> EchoSample:
+    """Run the echo probe to its end, its ``n`` round trips in batches spread over about
+    ``span`` seconds (back to back, with 20 ms pauses, if 0); raises ProbeError if it did not
+    end well."""
+    batches = -(-n // batch)
+    # A batch takes ~10 ms on a quiet machine: the pauses make up the rest of the span.
+    pause = max(20, round(span * 1000 / batches) - 10)
     out = bytearray()
     run = await target.run(
         ECHO_PROBE,
         name="probe",
         origin=PROBE_ORIGIN,
-        argv=["127.0.0.1", str(port), str(n), str(batch), "20"],
+        argv=["127.0.0.1", str(port), str(n), str(batch), str(pause)],
         on_stdout=out.extend,
         policy="home",
     )
-    await run.wait(120.0)
+    await run.wait(120.0 + span)
     if run.exit is None or run.exit.status != 0:
         run.close()
         why = run.refused or (run.exit and f"{run.exit.reason} (status {run.exit.status})")

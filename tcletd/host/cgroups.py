@@ -31,11 +31,10 @@ MEMORY_HEADROOM = 16 * 2**20
 # A worker runs 4 threads once its runtime is up (main, libzmq's I/O thread and reaper, Tcl's
 # notifier; counted in /proc/PID/task); the rest is room for a transient one, not for a bomb.
 PIDS_MAX = 8
-# CPU weights: the kernel's defaults, and the least it takes for a demoted worker.
-SHARES, SHARES_DEMOTED = 1024, 2  # v1 cpu.shares
-IDLE_SHARES = 3  # what a group with cpu.idle=1 weighs (and reads back as its cpu.shares)
-WEIGHT, WEIGHT_DEMOTED = 100, 1  # v2 cpu.weight
-CONTROLLERS = ("memory", "pids", "cpu")
+# CPU weights (v2 cpu.weight): the kernel's default, and the least it takes for a demoted worker.
+WEIGHT, WEIGHT_DEMOTED = 100, 1
+CONTROLLERS = ("memory", "pids", "cpu")  # a worker's cgroup v2 (one directory, all three)
+V1_CONTROLLERS = ("memory", "pids")  # a worker's cgroups v1 (see Cgroups: no cpu)
 PREFIX = "tcletd-"
 
 
@@ -167,13 +166,13 @@ class WorkerCgroup:
     def demote(self) -> bool:
         """The least CPU weight, and the idle flag where the kernel has one: under group
         scheduling a waking task preempts a worker's group at once only if the group is idle,
-        as it preempts a SCHED_IDLE thread (kernel/sched/fair.c, check_preempt_wakeup_fair)."""
-        d = self.dirs["cpu"]
+        as it preempts a SCHED_IDLE thread (kernel/sched/fair.c, check_preempt_wakeup_fair).
+        Without a cpu cgroup (v1), nothing: the worker's scheduling class does it all."""
+        d = self.dirs.get("cpu")
+        if d is None:
+            return True
         try:
-            if self.version == 2:
-                _write(d / "cpu.weight", str(WEIGHT_DEMOTED))
-            else:
-                _write(d / "cpu.shares", str(SHARES_DEMOTED))
+            _write(d / "cpu.weight", str(WEIGHT_DEMOTED))
         except OSError:
             return False
         if (d / "cpu.idle").exists():
@@ -181,10 +180,10 @@ class WorkerCgroup:
                 _write(d / "cpu.idle", "1")
         return True
 
-    def weight(self) -> int:
-        """The CPU weight the kernel holds now (v1 shares or v2 weight)."""
-        d = self.dirs["cpu"]
-        return int(_read(d / ("cpu.weight" if self.version == 2 else "cpu.shares")))
+    def weight(self) -> int | None:
+        """The CPU weight the kernel holds now (v2), None without a cpu cgroup (v1)."""
+        d = self.dirs.get("cpu")
+        return int(_read(d / "cpu.weight")) if d is not None else None
 
     def oom_kills(self) -> int:
         """How many of the worker's processes the kernel OOM-killed at the memory limit."""
@@ -219,21 +218,23 @@ class WorkerCgroup:
 class Cgroups:
     """The host's cgroups: where its workers' cgroups go, or why there are none.
 
-    Memory and pids: under a parent ``tcletd-<host pid>``. CPU under cgroup v1: each worker's
-    cgroup ``tcletd-<host pid>-w-<id>`` sits directly beside the host, with no parent, and the
-    kernel's default weight: it competes as one process did before, whatever its siblings do. A
-    parent is one entity to the scheduler, its weight on a CPU split by its load there averaged
-    over time, so ended siblings' decaying load would discount a new worker's share. Measured on
-    this 2-core VM under other load (30 interleaved launches each), hello p50/p90 33.7/61.7 ms
-    without cgroups, 51.6/69.2 beside the host, 50.4/84.6 under a parent: the cpu controller is
-    what costs under contention (placing in memory or pids alone: within noise), as it ends a
-    worker's multi-thread advantage (each thread weighed as a process before).
+    Memory and pids (and cpu under v2): under a parent ``tcletd-<host pid>``. Under cgroup v1
+    a worker has no cpu cgroup: it competes as a process, and demotion is its threads'
+    scheduling class (SCHED_IDLE). A group per worker made every worker's group a sibling of
+    every other's, and a normal group beside idle ones waits for them: on this 2-core VM, a
+    ping-pong in a group beside 60 groups each holding a SCHED_IDLE spinner had a p99 of 1.8-2.7
+    ms with the groups flagged idle (16-20 ms at weight 2, 8-12 ms at the default weight), and
+    0.10-0.24 ms with no spinner in a group of its own; the attack tool's launch storm (60
+    spinners from one site) took its probe's echo p99 to 17-31 times its p99 alone. Nor did the
+    cpu controller help a launch: under other load (30 interleaved launches each) hello
+    p50/p90 was 33.7/61.7 ms without cgroups and 51.6/69.2 with a cpu group per worker, as it
+    ends a worker's multi-thread advantage (each thread weighed as a process). (Under v2 the
+    controllers share one directory per worker, and the cpu group stays.)
     """
 
     version: int = 0  # 0: no cgroups (see reason)
     parents: dict[str, Path] = field(default_factory=dict)  # controller -> where workers go
     reason: str = ""  # what doctor prints: what is confirmed, or why the layer is off
-    flat: frozenset[str] = frozenset()  # controllers whose workers sit beside the host
     _left: list[WorkerCgroup] = field(default_factory=list)  # removals to retry at close
 
     @property
@@ -247,29 +248,26 @@ class Cgroups:
         found = probe()
         if not found.active:
             return found
-        flat = frozenset({"cpu"}) if found.version == 1 else frozenset()
         parents: dict[str, Path] = {}
         try:
             for name, own in found.parents.items():
                 _reclaim(own)
-                parent = own if name in flat else own / f"{PREFIX}{os.getpid()}"
-                if name not in flat and parent not in parents.values():
+                parent = own / f"{PREFIX}{os.getpid()}"
+                if parent not in parents.values():
                     parent.mkdir(exist_ok=True)
                     if found.version == 2:
                         _write(parent / "cgroup.subtree_control", "+memory +pids +cpu")
                 parents[name] = parent
         except OSError as exc:
-            for name, parent in parents.items():
-                if name not in flat:
-                    _remove_tree(parent)
+            for parent in parents.values():
+                _remove_tree(parent)
             return cls(reason=f"cannot create the host's cgroup: {exc}")
-        return cls(found.version, parents, found.reason, flat)
+        return cls(found.version, parents, found.reason)
 
     def create(self, tclet_id: str, memory: int, *, demoted: bool = False) -> WorkerCgroup:
         """A worker's cgroup with its limits; raises OSError (nothing left behind)."""
         name = f"w-{tclet_id[:16]}"
-        beside = f"{PREFIX}{os.getpid()}-{name}"
-        dirs = {c: self.parents[c] / (beside if c in self.flat else name) for c in CONTROLLERS}
+        dirs = {c: parent / name for c, parent in self.parents.items()}
         cgroup = WorkerCgroup(self.version, dirs)
         try:
             for d in set(dirs.values()):
@@ -280,7 +278,7 @@ class Cgroups:
                 _write(dirs["memory"] / "memory.swap.max", "0")
             _write(dirs["pids"] / "pids.max", str(PIDS_MAX))
             if demoted and not cgroup.demote():
-                raise OSError(errno.EINVAL, "cpu weight refused", str(dirs["cpu"]))
+                raise OSError(errno.EINVAL, "cpu weight refused", str(dirs.get("cpu")))
         except OSError:
             cgroup.remove()
             raise
@@ -295,15 +293,8 @@ class Cgroups:
         for cgroup in self._left:
             cgroup.remove()
         self._left.clear()
-        mine = f"{PREFIX}{os.getpid()}-"
-        for name, parent in self.parents.items():
-            if name in self.flat:
-                with contextlib.suppress(OSError):
-                    for entry in parent.iterdir():
-                        if entry.name.startswith(mine):
-                            _remove_tree(entry)
-            else:
-                _remove_tree(parent)
+        for parent in set(self.parents.values()):
+            _remove_tree(parent)
         self.parents.clear()
 
 
@@ -323,11 +314,11 @@ def probe() -> Cgroups:
             available = set()
         if set(CONTROLLERS) <= available:
             return _confirm(2, dict.fromkeys(CONTROLLERS, base))
-    missing = [c for c in CONTROLLERS if c not in mounts or c not in own]
+    missing = [c for c in V1_CONTROLLERS if c not in mounts or c not in own]
     if missing:
         why = "no cgroup v2 controllers delegated to the host"
         return Cgroups(reason=f"{why}, and no cgroup v1 {', '.join(missing)} hierarchy")
-    return _confirm(1, {c: mounts[c] / own[c].lstrip("/") for c in CONTROLLERS})
+    return _confirm(1, {c: mounts[c] / own[c].lstrip("/") for c in V1_CONTROLLERS})
 
 
 def _confirm(version: int, owns: dict[str, Path]) -> Cgroups:
@@ -356,5 +347,5 @@ def _confirm(version: int, owns: dict[str, Path]) -> Cgroups:
     return Cgroups(
         version,
         owns,
-        f"v{version} memory, pids, cpu; {memory_file} confirmed",
+        f"v{version} memory, pids{', cpu' if version == 2 else ''}; {memory_file} confirmed",
     )

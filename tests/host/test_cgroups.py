@@ -16,9 +16,10 @@ from typing import Any
 import msgspec
 import pytest
 from support.audit import audit_records
-from support.hosting import quiet
+from support.hosting import quiet, worker_pid
 from support.processes import run_tcletd
 from support.runtime import make_spec
+from support.system import sched_classes
 from support.waiting import until
 
 from tcletd.api import Host
@@ -85,10 +86,12 @@ def test_the_worker_is_in_its_cgroup_before_its_script_and_nothing_is_left_after
     assert status == 0, out
     assert worker.cgroup is not None
     own = {line.split(":", 2)[1]: line.split(":", 2)[2] for line in out.split()[2:]}
-    for controller in cg.CONTROLLERS:
+    controllers = cg.V1_CONTROLLERS if groups.version == 1 else cg.CONTROLLERS
+    assert sorted(worker.cgroup.dirs) == sorted(controllers)  # v1: no cpu group per worker
+    for controller in controllers:
         key = controller if groups.version == 1 else ""
         directory = worker.cgroup.dirs[controller]
-        assert f"-w-{worker.tclet_id[:16]}" in str(directory) or directory.name.startswith("w-")
+        assert directory.name == f"w-{worker.tclet_id[:16]}"
         assert str(directory).endswith(own[key]), (controller, out)
     # The worker's cgroups went at its exit, the host's parents at its close.
     mine = f"{cg.PREFIX}{os.getpid()}"
@@ -174,8 +177,11 @@ def _memory_limit(cgroup: cg.WorkerCgroup) -> int:
 
 
 @needs_cgroups
-def test_demotion_lowers_the_cpu_weight() -> None:
-    async def scenario() -> tuple[int, int, str]:
+def test_demotion_lowers_the_cpu_weight_or_leaves_the_worker_beside_the_host() -> None:
+    """v2: the worker's cpu group goes to the least weight and idle. v1: a worker has no cpu
+    group (it competes in the host's, as a process), and demotion is its threads' class."""
+
+    async def scenario() -> tuple[int | None, int | None, str, str, set[int]]:
         async with Host() as host:
             tclet = host.launch("after 5000", **quiet())
             await until(lambda: tclet.state is not TcletState.STARTING)
@@ -184,18 +190,33 @@ def test_demotion_lowers_the_cpu_weight() -> None:
             before = worker.cgroup.weight()
             tclet.enforcer.demote(test=1)
             after = worker.cgroup.weight()
-            idle = worker.cgroup.dirs["cpu"] / "cpu.idle"
-            assert not idle.exists() or idle.read_text().strip() == "1"
+            if "cpu" in worker.cgroup.dirs:
+                idle = worker.cgroup.dirs["cpu"] / "cpu.idle"
+                assert not idle.exists() or idle.read_text().strip() == "1"
+            cpu = _cpu_cgroup(worker_pid(tclet))
+            classes = sched_classes(worker_pid(tclet))
             await tclet.end("done")
             await tclet.wait()
             assert host.cgroups is not None
-            return before, after, host.cgroups.reason
+            return before, after, host.cgroups.reason, cpu, classes
 
-    before, after, reason = asyncio.run(scenario())
-    assert before in (cg.SHARES, cg.WEIGHT)
-    # The least weight; an idle group reads back the kernel's idle weight (3) as its shares.
-    assert after <= cg.IDLE_SHARES
+    before, after, reason, cpu, classes = asyncio.run(scenario())
+    assert classes == {os.SCHED_IDLE}
     assert "confirmed" in reason
+    if AVAILABLE.version == 2:
+        assert (before, after) == (cg.WEIGHT, cg.WEIGHT_DEMOTED)
+    else:
+        assert (before, after) == (None, None)
+        assert cpu == _cpu_cgroup(os.getpid())  # beside the host, in no group of its own
+
+
+def _cpu_cgroup(pid: int) -> str:
+    """The v1 cpu cgroup of ``pid`` (the unified one's path under v2)."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _id, names, path = line.split(":", 2)
+        if "cpu" in names.split(",") or not names:
+            return path
+    return ""
 
 
 @needs_cgroups
@@ -263,7 +284,8 @@ def test_a_dead_hosts_cgroups_are_reclaimed() -> None:
 def test_doctor_says_whether_the_cgroup_layer_is_active(monkeypatch: pytest.MonkeyPatch) -> None:
     ran = run_tcletd(["doctor"])
     assert ran.status == 0, ran.stderr
-    line = f"sandbox: cgroup: active (v{AVAILABLE.version} memory, pids, cpu; "
+    cpu = ", cpu" if AVAILABLE.version == 2 else ""
+    line = f"sandbox: cgroup: active (v{AVAILABLE.version} memory, pids{cpu}; "
     assert line in ran.stdout, ran.stdout
     monkeypatch.setenv("TCLETD_CGROUPS", "0")
     off = run_tcletd(["doctor"])
