@@ -159,7 +159,7 @@ def test_spinners_crowding_the_cores_are_each_demoted_though_each_gets_little() 
     is awake (running or waiting to run) all the time without sleeping, and is demoted."""
     count = 8 * (os.cpu_count() or 1)
 
-    async def scenario() -> tuple[float, int]:
+    async def scenario() -> tuple[float, int, int]:
         async with Host(max_workers=count + 4) as host:
             spinners = [
                 host.launch("puts go; flush stdout; while 1 {incr i}", policy="trusted", **quiet())
@@ -170,13 +170,28 @@ def test_spinners_crowding_the_cores_are_each_demoted_though_each_gets_little() 
             await until(lambda: all(t.demoted for t in spinners), timeout=3)
             took = time.monotonic() - began
             idle = sum(sched_classes(worker_pid(t)) == {os.SCHED_IDLE} for t in spinners)
+            # Off the lowest CPU, every thread: one CPU is never busy with demoted work.
+            cpus = os.sched_getaffinity(0)
+            kept = cpus - {min(cpus)} if len(cpus) > 1 else cpus
+            placed = sum(
+                _affinities(worker_pid(t)) == [kept] * _threads(worker_pid(t)) for t in spinners
+            )
             for tclet in spinners:
                 await tclet.end("test over")
-            return took, idle
+            return took, idle, placed
 
-    took, idle = asyncio.run(scenario())
+    took, idle, placed = asyncio.run(scenario())
     print(f"{count} spinners demoted within {took:.2f} s")
     assert idle == count
+    assert placed == count
+
+
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def _affinities(pid: int) -> list[set[int]]:
+    return [os.sched_getaffinity(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")]
 
 
 def test_an_output_flood_is_demoted_and_read_at_a_bounded_pace(tmp_path: Path) -> None:
