@@ -5,16 +5,19 @@ on hosts that each lack one lever, side by side in one run.
     .venv/bin/python bench/bench_levers.py --rounds 5 --json levers.json
 
 Levers (each host is ``tcletd serve`` started by this script, as ``tcletd attack`` starts its
-own; the policy is the shipped ``home``):
+own; the policy is the shipped ``home``; ``bench/lever_host.py`` takes a lever out of the host's
+code before serving):
 
 - ``shipped``: every lever, as shipped;
 - ``no-penalty``: ``--penalty 0``: no penalty box (a site whose tclet was ended at a limit
   starts its next tclets at full weight, as fast as it likes);
-- ``no-cgroups``: ``TCLETD_CGROUPS=0``: no cgroup per worker (no CPU weight lowered at
-  demotion, no cgroup memory limit: the watchdog's RSS look ends a tclet at its memory limit);
-- ``no-demotion``: the host never demotes (no idle scheduling class, no lowered weight): run by
-  ``bench/lever_host.py``, which takes ``WorkerProcess.demote`` out before serving;
-- ``none``: all three out.
+- ``no-cgroups``: ``TCLETD_CGROUPS=0``: no cgroup per worker (no cgroup memory or pids limit:
+  the watchdog's RSS look ends a tclet at its memory limit);
+- ``no-demotion``: the host never demotes (no idle scheduling class, no CPU kept free);
+- ``no-crowds``: a site's tclets past its first four start at full priority;
+- ``no-affinity``: demoted workers may run on every CPU;
+- ``no-pacing``: control clients are never paced;
+- ``none``: all of them out.
 
 Each round runs every lever once, in an order rotated from round to round, and each run is an
 alone phase then the catalogue all together (``tcletd.attack.runner``); the figure is the median
@@ -40,15 +43,19 @@ from tcletd.attack.servers import ServerSet
 from tcletd.attack.targets import EmbeddedHost
 
 HERE = Path(__file__).resolve().parent
+LEVER_HOST = [sys.executable, str(HERE / "lever_host.py")]
 LEVERS: dict[str, tuple[list[str], dict[str, str], list[str]]] = {
     # name: (command, extra environment, serve options)
     "shipped": ([sys.executable, "-m", "tcletd"], {}, []),
     "no-penalty": ([sys.executable, "-m", "tcletd"], {}, ["--penalty", "0"]),
     "no-cgroups": ([sys.executable, "-m", "tcletd"], {"TCLETD_CGROUPS": "0"}, []),
-    "no-demotion": ([sys.executable, str(HERE / "lever_host.py")], {}, []),
+    "no-demotion": (LEVER_HOST, {"TCLETD_LEVERS_OUT": "demotion"}, []),
+    "no-crowds": (LEVER_HOST, {"TCLETD_LEVERS_OUT": "crowds"}, []),
+    "no-affinity": (LEVER_HOST, {"TCLETD_LEVERS_OUT": "affinity"}, []),
+    "no-pacing": (LEVER_HOST, {"TCLETD_LEVERS_OUT": "pacing"}, []),
     "none": (
-        [sys.executable, str(HERE / "lever_host.py")],
-        {"TCLETD_CGROUPS": "0"},
+        LEVER_HOST,
+        {"TCLETD_CGROUPS": "0", "TCLETD_LEVERS_OUT": "demotion,crowds,affinity,pacing"},
         ["--penalty", "0"],
     ),
 }

@@ -34,6 +34,8 @@ from tcletd.attack.machine import (
     descendants,
     fd_count,
     rss,
+    tcp_inodes,
+    tcp_sockets,
 )
 from tcletd.attack.probes import (
     ControlWatch,
@@ -168,8 +170,7 @@ class Runner:
         for attack in attacks:
             ev = phase.evidence
             mine = [r for r in ev.runs if r.name == attack.name]
-            # Beside the whole catalogue the echo server itself waits for a CPU: two late closes.
-            part = dataclasses.replace(ev, attack=attack, runs=mine, lag=2)
+            part = dataclasses.replace(ev, attack=attack, runs=mine)
             ok, why = verdict(part, together=True)
             if not ok:
                 ok_all = False
@@ -251,6 +252,8 @@ class Runner:
         # Only where a judge reads them: listing 60 workers' descriptors every 0.1 s is work the
         # tool would add beside the probe.
         counted = {a.name for a in attacks if a.judge == "worker-fds"}
+        socketed = {a.name for a in attacks if a.judge == "peak-sockets"}
+        tcp_max: dict[str, int] = {}
         until = begun + deadline
         while time.monotonic() < until and not (
             all(r.done.is_set() for r in runs) and probe.done()
@@ -259,8 +262,12 @@ class Runner:
             for run, end in zip(runs, ends, strict=True):
                 if now >= end:
                     run.close()
-                elif run.pid is not None and not run.done.is_set() and run.name in counted:
-                    worker_fds = max(worker_fds, fd_count(run.pid))
+                elif run.pid is not None and not run.done.is_set():
+                    if run.name in counted:
+                        worker_fds = max(worker_fds, fd_count(run.pid))
+                    if run.name in socketed:
+                        held = tcp_sockets(run.pid, tcp_inodes())
+                        tcp_max[run.name] = max(tcp_max.get(run.name, 0), held)
             growth = max(growth, rss(host) - rss0)
             demoted = demoted or watch.demoted(r.tclet_id for r in runs)
             await asyncio.sleep(0.1)
@@ -295,6 +302,7 @@ class Runner:
             neighbour_errors=neighbour.errors if neighbour else [],
             host_growth=growth,
             worker_fds_max=worker_fds,
+            worker_tcp=tcp_max,
             demoted=demoted,
             control_ms=watch.answers,
             control_failures=watch.failures,

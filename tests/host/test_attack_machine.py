@@ -4,6 +4,7 @@ real child processes (short-lived Pythons, ended by PID)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,8 @@ from tcletd.attack.machine import (
     descendants,
     fd_count,
     rss,
+    tcp_inodes,
+    tcp_sockets,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -123,3 +126,19 @@ def test_descendants_fds_and_rss_and_a_gone_process(spawn: list[subprocess.Popen
     parent.wait(10)
     assert descendants(parent.pid) == [] and fd_count(parent.pid) == 0 and rss(parent.pid) == 0
     assert descendants(child) == [] and fd_count(child) == 0 and rss(child) == 0
+
+
+def test_a_processs_tcp_sockets_are_counted_from_its_descriptors() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        before = tcp_sockets(os.getpid(), tcp_inodes())
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+        other = socket.socketpair()  # not TCP: not counted
+        try:
+            # The listener was there before; the two ends of the connection are new.
+            assert tcp_sockets(os.getpid(), tcp_inodes()) == before + 2
+        finally:
+            for sock in (client, accepted, *other):
+                sock.close()
+        assert tcp_sockets(os.getpid(), tcp_inodes()) == before
+    assert tcp_sockets(2**22 + 1, tcp_inodes()) == 0  # no such process
