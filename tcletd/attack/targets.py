@@ -257,6 +257,10 @@ class EmbeddedHost:
             "serve", "--socket", str(sock), "--nameserver", self._nameserver,
             "--max-workers", str(self._max_workers),
             "--max-sockets", str(max(4096, self._max_workers * 10)),
+            # Each attack's tclet is a run, attached to its connection: a full launch storm
+            # (300) beside the slowloris took every connection of the default 256, and the
+            # watch's requests were evicted.
+            "--max-connections", str(self._max_workers + 256),
             *(["--policy-dir", str(policy_dir)] if policy_dir is not None else []),
             *self._options,
         ]  # fmt: skip
