@@ -259,6 +259,7 @@ class Runner:
             all(r.done.is_set() for r in runs) and probe.done()
         ):
             now = time.monotonic()
+            tcp = tcp_inodes() if socketed else set()  # the host's whole table: once a look
             for run, end in zip(runs, ends, strict=True):
                 if now >= end:
                     run.close()
@@ -266,7 +267,7 @@ class Runner:
                     if run.name in counted:
                         worker_fds = max(worker_fds, fd_count(run.pid))
                     if run.name in socketed:
-                        held = tcp_sockets(run.pid, tcp_inodes())
+                        held = tcp_sockets(run.pid, tcp)
                         tcp_max[run.name] = max(tcp_max.get(run.name, 0), held)
             growth = max(growth, rss(host) - rss0)
             demoted = demoted or watch.demoted(r.tclet_id for r in runs)

@@ -155,7 +155,6 @@ def serve(args: argparse.Namespace) -> int:
             frame_deadline=args.frame_deadline,
             idle_deadline=args.idle_deadline,
             client_share=args.client_share,
-            endpoint_share=min(1.0, 2 * args.client_share),
         )
         control = ControlServer(host, Path(args.socket), bounds=bounds)
         async with host:
