@@ -15,7 +15,8 @@ code before serving):
   the watchdog's RSS look ends a tclet at its memory limit);
 - ``no-demotion``: the host never demotes (no idle scheduling class, no CPU kept free);
 - ``no-crowds``: a site's tclets past its first four start at full priority;
-- ``no-affinity``: demoted workers may run on every CPU;
+- ``no-affinity``: no CPU kept for tclets that behave (the host, its zygote and demoted workers
+  may run on every CPU; the bench itself keeps off the lowest in every run, as the tool does);
 - ``no-pacing``: control clients are never paced;
 - ``none``: all of them out.
 
@@ -41,6 +42,7 @@ from tcletd.attack.dnsserver import DnsServer
 from tcletd.attack.runner import FAST_DOMAIN, SLOW_ANSWER, SLOW_DOMAIN, Runner, RunOptions
 from tcletd.attack.servers import ServerSet
 from tcletd.attack.targets import EmbeddedHost
+from tcletd.shared import cpus
 
 HERE = Path(__file__).resolve().parent
 LEVER_HOST = [sys.executable, str(HERE / "lever_host.py")]
@@ -123,6 +125,7 @@ def main() -> int:
     if unknown:
         ap.error(f"unknown levers {sorted(unknown)}; known: {', '.join(LEVERS)}")
     print(f"levers bench: {args.rounds} rounds, {os.cpu_count()} CPUs", flush=True)
+    cpus.keep_off_lowest()  # as tcletd attack does: its own looks are not the host's
     ratios = asyncio.run(bench(args))
     if args.json:
         args.json.write_text(json.dumps(ratios, indent=2))

@@ -8,7 +8,8 @@ Each lever named in ``TCLETD_LEVERS_OUT`` is taken out before the host starts:
 - ``demotion``: the worker's ``demote`` does nothing (no idle scheduling class, no lowered
   weight, no CPU kept free), so no worker is ever demoted;
 - ``crowds``: a site's tclets past its first four no longer start demoted;
-- ``affinity``: demoted workers may run on every CPU (none is kept free of them);
+- ``affinity``: no CPU is kept free for tclets that behave: the host, its zygote and demoted
+  workers may run on every CPU;
 - ``pacing``: control clients are never paced (their allowance never runs out).
 """
 
@@ -18,9 +19,10 @@ import os
 import sys
 
 from tcletd.cli.main import main
-from tcletd.host import pacing, supervisor
+from tcletd.host import pacing
 from tcletd.host.crowds import SiteCrowds
 from tcletd.host.supervisor import WorkerProcess
+from tcletd.shared import cpus
 
 LEVERS = ("demotion", "crowds", "affinity", "pacing")
 
@@ -46,7 +48,8 @@ def take_out(levers: list[str]) -> None:
     if "crowds" in levers:
         SiteCrowds.join = _not_crowded  # type: ignore[method-assign]
     if "affinity" in levers:
-        supervisor._DEMOTED_CPUS = None
+        everywhere = cpus.Placement(cpus.usable(), cpus.usable())
+        cpus.placement = lambda: everywhere
     if "pacing" in levers:
         pacing.Allowance.due = _never_due  # type: ignore[method-assign]
 

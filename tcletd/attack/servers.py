@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from tcletd.shared import cpus
+
 LISTENER_HOST = "127.0.0.3"  # Linux routes all of 127.0.0.0/8 to lo: no set-up needed
 CHUNK = 65536
 ECHO_BUFFER_MAX = 1 << 20  # per connection: past it the echo server stops reading that client
@@ -329,6 +331,7 @@ class _Child:
             stderr=self._stderr,
             cwd=Path(__file__).resolve().parents[2],  # where `-m tcletd...` finds this package
             start_new_session=True,  # the terminal's Ctrl-C is the tool's to handle
+            preexec_fn=cpus.widen,  # the tool keeps itself off a CPU; its servers do not
         )
         self.pid = self.process.pid
         assert self.process.stdin is not None and self.process.stdout is not None

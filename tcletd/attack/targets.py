@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tcletd.policy.store import is_policy_path
+from tcletd.shared import cpus
 from tcletd.shared.control import FrameReader, encode, hello, run_header
 
 MAX_OUTPUT_FRAME = 1 << 20  # the host's own bound on a payload it sends
@@ -203,12 +204,14 @@ async def _follow(
 
 
 def end_with_parent() -> None:
-    """In the host's child, before its exec: SIGTERM when the tool dies, however it dies (a
-    killed tool must not leave its host and tclets running)."""
+    """In the tool's child, before its exec: SIGTERM when the tool dies, however it dies (a
+    killed tool must not leave its host and tclets running), and every CPU the tool was given
+    (the tool keeps itself off one, :func:`tcletd.shared.cpus.keep_off_lowest`)."""
     import ctypes
 
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    cpus.widen()
 
 
 class EmbeddedHost:

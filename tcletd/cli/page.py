@@ -299,8 +299,10 @@ def _follow(attached: list[_Attached]) -> int:
 def embedded(found: list[Embed], args: argparse.Namespace) -> int:
     """All the tclets on one embedded host, in this process."""
     from tcletd.host import factory
+    from tcletd.shared import cpus
 
     factory.start()  # first: its start overlaps the imports below (as in tcletd run)
+    cpus.keep_off_lowest()
     from tcletd.cli.runner import _cgroups_wanted, _check_limits
 
     _check_limits(args.policy, args.limit)

@@ -125,11 +125,13 @@ def serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tcletd.host import factory
+    from tcletd.shared import cpus
 
     if args.warm > factory.MAX_WARM:
         print(f"tcletd serve: --warm: at most {factory.MAX_WARM}, not {args.warm}", file=sys.stderr)
         return 2
     factory.start(args.warm)
+    cpus.keep_off_lowest()
     import asyncio
 
     from tcletd.api import Host

@@ -38,6 +38,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from tcletd.shared import cpus
+
 # Not typing.TYPE_CHECKING: typing (~2 ms) would come before the zygote's start too (mypy takes
 # any name TYPE_CHECKING as true).
 TYPE_CHECKING = False
@@ -107,7 +109,7 @@ class Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
             self.process = subprocess.Popen(
-                [*COMMAND, str(theirs.fileno()), str(warm)],
+                [*COMMAND, str(theirs.fileno()), str(warm), *cpus.placement().argv()],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
             )

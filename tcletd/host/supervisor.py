@@ -27,21 +27,12 @@ import msgspec
 from tcletd.host import factory
 from tcletd.host.cgroups import Cgroups, WorkerCgroup
 from tcletd.host.quotas import HostFull
+from tcletd.shared import cpus
 from tcletd.shared import protocol as p
 from tcletd.shared.errors import EXIT_TEMPFAIL
 from tcletd.shared.states import EXIT_KILLED
 
 _IDLE = os.sched_param(0)
-
-
-def demoted_cpus() -> set[int] | None:
-    """The CPUs a demoted worker may run on: all the host may use but the lowest, so that one
-    is never busy with demoted work (None on a single CPU: nothing to keep free)."""
-    cpus = os.sched_getaffinity(0)
-    return cpus - {min(cpus)} if len(cpus) > 1 else None
-
-
-_DEMOTED_CPUS = demoted_cpus()
 
 
 def _pair_or_close(*opened: socket.socket) -> tuple[socket.socket, socket.socket]:
@@ -119,7 +110,7 @@ class WorkerProcess:
         218 us beside a nice-19 one (118 us alone); beside the hostile set, 265 vs 411 us
         (124 us alone).
 
-        And off the lowest CPU (:func:`demoted_cpus`): even idle-class, a worker picked when a
+        And off the lowest CPU (:mod:`tcletd.shared.cpus`): even idle-class, a worker picked when a
         slice ends runs to the next tick (4 ms here) before a waiting normal task, and 60 of
         them on 2 cores took a neighbour's echo p99 to 17-22 times its p99 alone (perf sched:
         the neighbour runnable 7.4 ms while two idle-class spinners each ran a whole tick).
@@ -128,21 +119,23 @@ class WorkerProcess:
             return False
         if self.cgroup is not None:
             self.cgroup.demote()
-        if not self.idle:
-            try:
-                os.sched_setscheduler(self.pid, os.SCHED_IDLE, _IDLE)
-            except OSError:
-                return False
-        # The policy is per thread: its libzmq and Tcl notifier threads go down too (a worker
-        # started demoted has them in the class already). The sandbox forbids new threads, so
-        # the set is the one started before the script ran.
+        if self.idle:
+            # Started so: it put its threads in the class, and leaves the lowest CPU before its
+            # tclet's first command (its start runs on every CPU, the host's too busy here).
+            return True
+        try:
+            os.sched_setscheduler(self.pid, os.SCHED_IDLE, _IDLE)
+        except OSError:
+            return False
+        # The policy is per thread: its libzmq and Tcl notifier threads go down too. The
+        # sandbox forbids new threads, so the set is the one started before the script ran.
+        placement = cpus.placement()
         with contextlib.suppress(OSError):
             for tid in os.listdir(f"/proc/{self.pid}/task"):
                 with contextlib.suppress(OSError, ValueError):
-                    if not self.idle:
-                        os.sched_setscheduler(int(tid), os.SCHED_IDLE, _IDLE)
-                    if _DEMOTED_CPUS is not None:
-                        os.sched_setaffinity(int(tid), _DEMOTED_CPUS)
+                    os.sched_setscheduler(int(tid), os.SCHED_IDLE, _IDLE)
+                    if placement.rest != placement.behaving:
+                        os.sched_setaffinity(int(tid), placement.rest)
         self.idle = True
         return True
 

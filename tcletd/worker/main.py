@@ -14,6 +14,7 @@ module, so its imports are paid once, not per worker (none is imported later in 
 from __future__ import annotations
 
 import _tkinter
+import contextlib
 import ctypes
 import os
 import signal
@@ -25,6 +26,7 @@ from collections.abc import Callable, Sequence
 import msgspec
 import zmq  # noqa: F401  (imported once, in the zygote)
 
+from tcletd.shared import cpus
 from tcletd.shared import protocol as p
 from tcletd.shared import spawn as wire
 from tcletd.shared.errors import EXIT_SOFTWARE
@@ -192,12 +194,14 @@ def run(
     prepared: tkinter.Tk | None = None,
     *,
     ahead: Ahead | None = None,
+    placement: cpus.Placement | None = None,
 ) -> None:
     """Run one tclet and exit with its status; never returns. ``cgroup_procs``: the
     ``cgroup.procs`` files of the worker's cgroup (none where the host has no cgroups);
     ``prepared``: the zygote's interpreter (:func:`tcletd.worker.tclrt.prepare_interp`);
     ``ahead``: a warm worker's start, made before the Spawn (then ``fdsock`` is numbered low
-    already: it came after the zygote's descriptors were closed)."""
+    already: it came after the zygote's descriptors were closed); ``placement``: the host's
+    CPUs (:mod:`tcletd.shared.cpus`; None: it stays where it was forked)."""
     die_with_parent()
     # The host's signals are for the host; a worker ends on SIGTERM at once (no Python cleanup).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -239,6 +243,11 @@ def run(
     if not spec.probe and not link.wait_connected():
         os.write(2, b"tcletd worker: cannot reach the host\n")
         os._exit(EXIT_HOST_GONE)
+    if placement is not None and spec.demoted:
+        # Off the CPU left to tclets that behave, as the host moves a worker it demotes later:
+        # after the start, which runs on every CPU, and before the tclet's first command.
+        with contextlib.suppress(OSError):
+            cpus.place(placement.rest)  # every thread: the sandbox allows no new one
     sandbox.apply(spec)
     runtime.on_policy = lambda grant: sandbox.follow(grant.nofile, grant.memory, grant.cpu)
     if spec.probe:

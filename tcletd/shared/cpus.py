@@ -1,0 +1,101 @@
+"""Which CPUs each of tcletd's processes runs on: the lowest CPU the host may use is left to
+tclets that behave.
+
+Used on both sides of the trust boundary, by processes of ours only (nothing here reads what a
+tclet or client sent). A host that owns its process and runs tclets side by side keeps its own
+threads off that CPU (:func:`keep_off_lowest`: ``tcletd serve``, ``tcletd page``; not a one-shot
+``tcletd run``, which has no neighbour to protect, nor an embedder's process). Its zygote runs on
+every CPU (its forks and its children's starts are what a burst of launches waits for); a
+worker that starts demoted moves off the lowest after its start, before its tclet's first
+command; a worker demoted later is moved off it by the host.
+
+Why: on this kernel (6.18, EEVDF, no preemption of a running normal task by a waking one of
+equal weight) a task waking on a CPU where the host is in the middle of a control answer or a
+watchdog look waits for it, and the kernel does not look for the next CPU, busy with idle-class
+workers, when the machine is that busy. Traced on 2 cores (perf sched) beside the whole attack
+catalogue, a well-behaved tclet's echo waited 0.5-1.4 ms behind the host's and the attack tool's
+turns about once per 50 round trips, which was its p99: 3.1 times its p99 alone (median of 5
+runs). With the host, demoted workers and the tool kept off the lowest CPU, 1.5 (median of 5).
+A single CPU has nothing to keep free: there every set is the whole machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable
+
+# No dataclasses or functools: the host's factory imports this before it starts the zygote,
+# the CLI's first step, and dataclasses alone took 18 ms to import here.
+
+
+class Placement:
+    """The two sets of CPUs a host uses."""
+
+    __slots__ = ("behaving", "rest")
+
+    def __init__(self, behaving: frozenset[int], rest: frozenset[int]) -> None:
+        self.behaving = behaving
+        """A worker that is not demoted: every CPU the host may use."""
+        self.rest = rest
+        """The host and demoted workers: all of those but the lowest (all on one CPU)."""
+
+    def argv(self) -> list[str]:
+        """As the zygote's command line takes it (:meth:`from_argv`)."""
+        return [",".join(map(str, sorted(cpus))) for cpus in (self.behaving, self.rest)]
+
+    @classmethod
+    def from_argv(cls, behaving: str, rest: str) -> Placement:
+        """Parse :meth:`argv`'s two words; ValueError, saying which, if one is not a
+        comma-separated list of CPU numbers."""
+        sets = []
+        for name, text in (("behaving", behaving), ("rest", rest)):
+            words = text.split(",")
+            if not all(w.isdigit() for w in words):
+                raise ValueError(f"{name} CPUs: not a comma-separated list of numbers: {text!r}")
+            sets.append(frozenset(int(w) for w in words))
+        return cls(sets[0], sets[1])
+
+
+_usable: frozenset[int] | None = None
+_placement: Placement | None = None
+
+
+def usable() -> frozenset[int]:
+    """The CPUs this process was given, as first asked (before :func:`keep_off_lowest`)."""
+    global _usable
+    if _usable is None:
+        _usable = frozenset(os.sched_getaffinity(0))
+    return _usable
+
+
+def placement() -> Placement:
+    """This host's :class:`Placement`."""
+    global _placement
+    if _placement is None:
+        cpus = usable()
+        _placement = Placement(cpus, cpus - {min(cpus)} if len(cpus) > 1 else cpus)
+    return _placement
+
+
+def place(cpus: Iterable[int], tids: Iterable[int] | None = None) -> None:
+    """Put the threads ``tids`` of this process (0: the calling one; all of them if None) on
+    ``cpus``. One that has ended since it was listed is passed over."""
+    wanted = set(cpus)
+    if tids is None:
+        tids = [int(tid) for tid in os.listdir("/proc/self/task")]
+    for tid in tids:
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(tid, wanted)
+
+
+def keep_off_lowest() -> None:
+    """Keep this process's threads, and those they start, off the CPU left to tclets."""
+    usable()  # taken before the move: a child that widens (:func:`widen`) gets the whole set
+    place(placement().rest)
+
+
+def widen() -> None:
+    """In a child of a process that keeps off the lowest CPU, before its exec: every CPU the
+    parent was given (a server or attack of the tool's runs where it would anywhere)."""
+    os.sched_setaffinity(0, usable())

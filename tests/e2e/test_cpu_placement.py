@@ -1,0 +1,143 @@
+"""Which CPUs tcletd's processes run on: a resident host leaves its lowest CPU to tclets that
+behave (the host, demoted workers and the attack tool keep off it; the zygote and a tclet at
+full priority run anywhere).
+
+Real processes throughout: a ``tcletd serve``, its zygote and workers, read from /proc.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import ROOT
+from support.waiting import wait_until
+from support.wire import connect, serving, status
+
+from tcletd.shared import cpus
+from tcletd.shared.control import encode
+
+pytestmark = pytest.mark.timeout(60)
+
+EVERY = frozenset(os.sched_getaffinity(0))
+REST = EVERY - {min(EVERY)}
+many_cpus = pytest.mark.skipif(len(EVERY) < 2, reason="one CPU: none to keep free")
+
+
+def _affinities(pid: int) -> set[frozenset[int]]:
+    """The CPU sets of every thread of ``pid``."""
+    return {frozenset(os.sched_getaffinity(int(tid))) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+def _kept_off(code: str) -> list[str]:
+    """What ``code`` prints, run in a Python process that first keeps off the lowest CPU."""
+    ran = subprocess.run(
+        [sys.executable, "-c", f"from tcletd.shared import cpus\ncpus.keep_off_lowest()\n{code}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert ran.returncode == 0, ran.stderr
+    return ran.stdout.splitlines()
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(word) for word in f.read().split()]
+
+
+@many_cpus
+def test_a_resident_host_keeps_off_the_lowest_cpu_and_a_crowd_past_four_too(
+    tmp_path: Path,
+) -> None:
+    sock = tmp_path / "control.sock"
+    with serving(sock) as host:
+        # Six tclets of one site on open connections (a run lasts as long as its connection):
+        # the first four at full priority, the fifth and sixth start demoted (a crowd).
+        conns = []
+        for _ in range(6):
+            conn = connect(sock)
+            conn.sendall(encode({"op": "run", "origin": "http://127.0.0.1:7070/"}, b"after 20000"))
+            conns.append(conn)
+        try:
+            wait_until(
+                lambda: len([r for r in status(sock) if r.get("pid")]) == 6,
+                timeout=20,
+                message="six tclets started",
+            )
+            # A demoted one moves itself before its script's first command: wait for that.
+            wait_until(
+                lambda: all(r["state"] != "starting" for r in status(sock)),
+                timeout=20,
+                message="six scripts running",
+            )
+            rows = status(sock)
+            (zygote,) = _children(host.pid)
+            assert _affinities(host.pid) == {REST}, "the host keeps off the lowest CPU"
+            assert _affinities(zygote) == {EVERY}, "the zygote runs anywhere"
+            placed = sorted((bool(r["demoted"]), _affinities(int(str(r["pid"])))) for r in rows)
+            assert placed == [(False, {EVERY})] * 4 + [(True, {REST})] * 2, placed
+        finally:
+            for conn in conns:
+                conn.close()
+
+
+@many_cpus
+def test_the_attack_tools_servers_run_anywhere_though_the_tool_keeps_off_a_cpu() -> None:
+    code = (
+        "import os\n"
+        "from tcletd.attack.servers import ServerSet\n"
+        "with ServerSet() as servers:\n"
+        "    print(sorted(os.sched_getaffinity(0)))\n"
+        "    for pid in servers.pids:\n"
+        "        print(sorted(os.sched_getaffinity(pid)))\n"
+    )
+    tool, *servers = _kept_off(code)
+    assert tool == str(sorted(REST))
+    assert servers and set(servers) == {str(sorted(EVERY))}, servers
+
+
+def test_a_placement_travels_as_two_words_and_a_bad_one_is_named() -> None:
+    placement = cpus.Placement(frozenset({0, 1, 3}), frozenset({1, 3}))
+    back = cpus.Placement.from_argv(*placement.argv())
+    assert placement.argv() == ["0,1,3", "1,3"]
+    assert (back.behaving, back.rest) == (placement.behaving, placement.rest)
+    with pytest.raises(ValueError, match=r"rest CPUs: not a comma-separated list.*'1;3'"):
+        cpus.Placement.from_argv("0,1", "1;3")
+    with pytest.raises(ValueError, match="behaving CPUs"):
+        cpus.Placement.from_argv("", "1")
+
+
+def test_the_zygote_refuses_a_cpu_list_it_cannot_read() -> None:
+    ran = subprocess.run(
+        [sys.executable, "-m", "tcletd.worker.zygote", "0", "0", "0,x", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert ran.returncode == 2
+    assert "behaving CPUs: not a comma-separated list of numbers: '0,x'" in ran.stderr
+
+
+@many_cpus
+def test_a_zygote_started_by_a_host_kept_off_a_cpu_runs_anywhere_and_so_do_its_tclets() -> None:
+    code = (
+        "import asyncio, os\n"
+        "from tcletd.api import Host\n"
+        "async def main():\n"
+        "    async with Host() as host:\n"
+        "        tclet = host.launch('after 20000', policy='trusted')\n"
+        "        while tclet.worker is None or tclet.worker.pid is None:\n"
+        "            await asyncio.sleep(0.01)\n"
+        "        zygote = int(open(f'/proc/{tclet.worker.pid}/stat').read().split()[3])\n"
+        "        for pid in (os.getpid(), zygote, tclet.worker.pid):\n"
+        "            print(sorted(os.sched_getaffinity(pid)))\n"
+        "        await tclet.end('test over')\n"
+        "asyncio.run(main())\n"
+    )
+    assert _kept_off(code) == [str(sorted(REST)), str(sorted(EVERY)), str(sorted(EVERY))]
