@@ -14,19 +14,24 @@ tclets print what they like; nothing they print is read for a verdict.
 - The **neighbour**: a tclet that connects and closes, again and again, to a name the tool's DNS
   server answers at once, printing each connect's microseconds: what a slow-DNS attack must not
   delay.
-- The **control watch**: the tool's own ``status`` request to the host every 50 ms, its answer
-  time recorded: the host's slowest control answer during an attack.
+- The **control watch**: a ``status`` request to the host every 50 ms from a process of the
+  tool's (an operator's client), its answer time recorded: the host's slowest control answer
+  during an attack.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from tcletd.attack.targets import Run, Target
+from tcletd.attack.targets import Run, Target, end_with_parent
 
 ECHO_PROBE = r"""
 lassign $argv host port n batch pause
@@ -186,39 +191,106 @@ class Neighbour:
 
 
 class ControlWatch:
-    """The host's control answers (ms) while it runs: a ``status`` request every ``period``."""
+    """The host's control answers (ms) while it runs: a ``status`` request every ``period``,
+    from a process of its own (``python -m tcletd.attack.probes watch SOCKET PERIOD``), as an
+    operator's client is. The host paces its clients by process: in the tool's own process, the
+    watch would be paced as one with the attacks' runs, which the tool launches."""
 
     def __init__(self, target: Target, period: float = 0.05) -> None:
         self.answers: list[float] = []
         self.failures: list[str] = []
         self.demoted_ids: set[str] = set()
-        self._stopping = False  # as well as the cancel: 3.11's wait_for may swallow one
         self._target = target
         self._period = period
-        self._task: asyncio.Task[None] | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.ensure_future(self._watch())
+    async def start(self) -> None:
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tcletd.attack.probes", "watch", str(self._target.path),
+            str(self._period),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            preexec_fn=end_with_parent,
+        )  # fmt: skip
+        self._reader = asyncio.ensure_future(self._read())
 
-    async def _watch(self) -> None:
-        while not self._stopping:
-            started = time.monotonic()
-            try:
-                rows = await self._target.ps(timeout=5.0)
-                self.answers.append((time.monotonic() - started) * 1000)
-                self.demoted_ids |= {str(r.get("id")) for r in rows if r.get("demoted") is True}
-            except (OSError, TimeoutError) as exc:
-                self.failures.append(str(exc) or type(exc).__name__)
-                self.answers.append((time.monotonic() - started) * 1000)
-            await asyncio.sleep(max(0.0, self._period - (time.monotonic() - started)))
+    async def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        while line := await self._proc.stdout.readline():
+            self.take(line.decode("utf-8", "replace").rstrip("\n"))
+
+    def take(self, line: str) -> None:
+        """One line of the watch's: ``A MS [ID,...]`` (answered in MS, these tclets demoted)
+        or ``F MS WHY`` (failed after MS); anything else is the watch's failure."""
+        kind, _, rest = line.partition(" ")
+        ms, _, more = rest.partition(" ")
+        try:
+            answered = float(ms)
+        except ValueError:
+            self.failures.append(f"watch: a line that does not parse: {line[:80]!r}")
+            return
+        if kind == "A":
+            self.answers.append(answered)
+            self.demoted_ids |= {i for i in more.split(",") if i}
+        elif kind == "F":
+            self.answers.append(answered)
+            self.failures.append(more or "failed")
+        else:
+            self.failures.append(f"watch: a line that does not parse: {line[:80]!r}")
 
     def demoted(self, ids: Iterable[str | None]) -> bool:
         """Whether the host was seen to demote any of the tclets ``ids``."""
         return any(i in self.demoted_ids for i in ids if i is not None)
 
     async def stop(self) -> None:
-        self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 5.0)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._reader is not None:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await asyncio.wait_for(self._reader, 5.0)
+
+
+async def _watch(target: Target, period: float) -> None:
+    """The watch's process: a ``status`` every ``period``, each answer's time printed with the
+    tclets newly seen demoted, until SIGTERM."""
+    seen: set[str] = set()
+    while True:
+        started = time.monotonic()
+        try:
+            rows = await target.ps(timeout=5.0)
+            ms = (time.monotonic() - started) * 1000
+            new = {str(r.get("id")) for r in rows if r.get("demoted") is True} - seen
+            seen |= new
+            print(f"A {ms:.3f} {','.join(sorted(new))}", flush=True)
+        except (OSError, TimeoutError) as exc:
+            ms = (time.monotonic() - started) * 1000
+            why = (str(exc) or type(exc).__name__).replace("\n", " ")
+            print(f"F {ms:.3f} {why}", flush=True)
+        await asyncio.sleep(max(0.0, period - (time.monotonic() - started)))
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3 or argv[0] != "watch":
+        print("usage: python -m tcletd.attack.probes watch SOCKET PERIOD", file=sys.stderr)
+        return 2
+    try:
+        period = float(argv[2])
+    except ValueError:
+        period = -1.0
+    if not period > 0:
+        print(f"watch: PERIOD: seconds more than 0, not {argv[2]!r}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    target = Target(Path(argv[1]), kind="resident", policy="home", dns=False)
+    asyncio.run(_watch(target, period))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

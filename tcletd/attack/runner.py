@@ -214,7 +214,7 @@ class Runner:
         self.servers.reset_peak()
         self.dns.clear()
         watch = ControlWatch(self.target)
-        watch.start()
+        await watch.start()
         neighbour: Neighbour | None = None
         if any(a.judge == "neighbour-connect" for a in attacks):
             neighbour = Neighbour()

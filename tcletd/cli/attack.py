@@ -89,7 +89,7 @@ async def _attack(args: argparse.Namespace, attacks: list[Attack]) -> int:
     from tcletd.attack.targets import EmbeddedHost, Target, TargetError
     from tcletd.shared import cpus
 
-    # The tool's own looks (a /proc walk every 0.1 s, a status every 50 ms) are no attack: off
+    # The tool's own looks (a /proc walk every 0.1 s, the watch's answers read) are no attack: off
     # the CPU the host leaves to tclets, as the host keeps itself, they are not counted against
     # the host (the tool's children, its servers and attackers, run anywhere).
     cpus.keep_off_lowest()

@@ -32,7 +32,7 @@ from tcletd.host.bounds import Bounds, Held
 from tcletd.host.control_audit import ControlAudit
 from tcletd.host.host import Host
 from tcletd.host.ops import OPERATIONS, NotAnOperation, unknown_op
-from tcletd.host.pacing import Allowance, Endpoint, cost
+from tcletd.host.pacing import Allowance, Endpoint, Peers, cost
 from tcletd.host.tclet import Tclet
 from tcletd.shared.control import MAX_SCRIPT, PROTOCOL, FrameError, FrameReader, encode
 from tcletd.shared.errors import EXIT_SOFTWARE, EXIT_TEMPFAIL, EXIT_USAGE, TcletdError
@@ -76,10 +76,12 @@ class ControlConnection(asyncio.Protocol):
         admit: Callable[[ControlConnection], bool] | None = None,
         audit: ControlAudit | None = None,
         endpoint: Endpoint | None = None,
+        peers: Peers | None = None,
     ) -> None:
         """``done`` is told when the connection is gone; ``admit``, when it is made, whether it
         may stay (it was told why not); ``audit`` records the bounds' closings; ``endpoint`` is
-        the host time all the endpoint's connections may take (tcletd.host.pacing)."""
+        the host time all the endpoint's connections may take, ``peers`` what each client
+        process has spent, its place in the endpoint's line (tcletd.host.pacing)."""
         self.host = host
         self._bounds_audit = audit
         self._done = done
@@ -91,6 +93,8 @@ class ControlConnection(asyncio.Protocol):
         bounds = self.bounds
         self._allowance = Allowance(bounds.client_share, bounds.burst, now)
         self._endpoint = endpoint or Endpoint(bounds.endpoint_share, bounds.burst, now)
+        self._peers = peers if peers is not None else Peers(bounds.client_share, bounds.burst)
+        self._peer: tuple[int, Allowance] | None = None  # its process's spending, once made
         self._reader = FrameReader(MAX_SCRIPT)
         self._transport: asyncio.Transport | None = None
         self.tclet: Tclet | None = None
@@ -135,6 +139,8 @@ class ControlConnection(asyncio.Protocol):
         self._transport = transport
         transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
         self.client = peer_credentials(transport.get_extra_info("socket"))
+        pid = self.client["pid"]
+        self._peer = (pid, self._peers.take(pid, time.monotonic()))
         uid = self.client["uid"]
         if uid not in (os.getuid(), 0):
             self._fail(f"permission denied: uid {uid} is not this host's user", EXIT_USAGE)
@@ -174,6 +180,9 @@ class ControlConnection(asyncio.Protocol):
             task.cancel()
         self._release()
         self._endpoint.forget(self)
+        if self._peer is not None:
+            self._peers.give_back(self._peer[0])
+            self._peer = None
         if self._turn is not None:
             self._turn.cancel()
         self._transport = None
@@ -204,7 +213,7 @@ class ControlConnection(asyncio.Protocol):
         self.frame_since = None  # its frames wait on the host, not on the client
 
     def left(self, now: float) -> float:
-        return self._allowance.left(now)
+        return (self._allowance if self._peer is None else self._peer[1]).left(now)
 
     def go(self) -> None:
         if self._transport is not None and not self.closing:
@@ -243,6 +252,8 @@ class ControlConnection(asyncio.Protocol):
         charged, now = cost(time.perf_counter() - began, handled), time.monotonic()
         self._allowance.charge(charged, now)
         self._endpoint.charge(charged, now)
+        if self._peer is not None:
+            self._peer[1].charge(charged, now)
         if more:
             self._pause(transport)
             # The frames left wait on the host, not on the client: a burst the host is slow to

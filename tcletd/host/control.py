@@ -35,7 +35,7 @@ from tcletd.host.connection import ControlConnection
 from tcletd.host.control_audit import ControlAudit
 from tcletd.host.control_path import claim, release
 from tcletd.host.host import Host
-from tcletd.host.pacing import Endpoint
+from tcletd.host.pacing import Endpoint, Peers
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class ControlServer:
         self.bounds = bounds
         self.held = Held(bounds.max_held)
         self.endpoint = Endpoint(bounds.endpoint_share, bounds.burst, time.monotonic())
+        self.peers = Peers(bounds.client_share, bounds.burst)
         self.audit = ControlAudit(lambda: host.audit)
         self._listener: socket.socket | None = None
         self._connections: dict[ControlConnection, None] = {}  # oldest first
@@ -163,7 +164,14 @@ class ControlServer:
 
     def _connection(self, starved: bool) -> ControlConnection:
         conn = ControlConnection(
-            self.host, self._gone, self.bounds, self.held, self._admit, self.audit, self.endpoint
+            self.host,
+            self._gone,
+            self.bounds,
+            self.held,
+            self._admit,
+            self.audit,
+            self.endpoint,
+            self.peers,
         )
         conn.starved = starved
         return conn

@@ -60,11 +60,41 @@ class Allowance:
         return self._left
 
 
+class Peers:
+    """What each client process (its pid, as the kernel gave it at connect) has spent of the
+    host's time, over all its connections: the order of the endpoint's line. A client is a
+    process, not a connection: one that opens a connection per request (a launch storm of 300
+    attached runs) would otherwise have each of them first in line, as fresh as an operator's
+    ``ps``, and that ``ps`` waited behind the storm's launches for 1.2-3 s on 2 cores."""
+
+    def __init__(self, share: float, burst: float) -> None:
+        self.share, self.burst = share, burst
+        self._held: dict[int, tuple[Allowance, int]] = {}  # pid: its spending, its connections
+
+    def take(self, pid: int, now: float) -> Allowance:
+        """The spending of process ``pid``, for one more of its connections."""
+        spent, connections = self._held.get(pid) or (Allowance(self.share, self.burst, now), 0)
+        self._held[pid] = (spent, connections + 1)
+        return spent
+
+    def give_back(self, pid: int) -> None:
+        """One of ``pid``'s connections is gone (its last: the process is forgotten)."""
+        held = self._held.get(pid)
+        if held is not None:
+            if held[1] > 1:
+                self._held[pid] = (held[0], held[1] - 1)
+            else:
+                del self._held[pid]
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+
 class Waiter(Protocol):
     """A connection, as the endpoint's line sees it."""
 
     def left(self, now: float) -> float:
-        """Seconds left of its own allowance."""
+        """Seconds left of its client's allowance (all its process's connections)."""
 
     def go(self) -> None:
         """Handle its frames now: its turn in the line has come."""
@@ -72,8 +102,10 @@ class Waiter(Protocol):
 
 class Endpoint:
     """The allowance all the endpoint's connections share. Past it, connections wait in line,
-    and when it refills the one with the most of its own allowance left goes first: a client
-    that asks little (an operator's ``ps``) is not held behind a flood that spends its own."""
+    and when it refills the one whose client has the most of its allowance left goes first
+    (:class:`Peers`): a client that asks little (an operator's ``ps``) is not held behind a
+    flood that spends its own, on one connection or hundreds (the first in line first among a
+    client's)."""
 
     def __init__(self, share: float, burst: float, now: float) -> None:
         self.allowance = Allowance(share, burst, now)

@@ -12,13 +12,15 @@ import contextlib
 import os
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import POLICIES
+from support import POLICIES, ROOT
 from support.net import TcpServer, echo_handler
 from support.waiting import wait_until
 from support.wire import (
@@ -304,3 +306,82 @@ def test_a_status_flood_is_paced_at_its_connections_share_and_others_are_answere
         assert 0 < seen <= 500 + 1.5 * 100 + 100, seen
         assert 0 < later <= 100 + 100, later
         assert other < 1.0  # the endpoint's allowance is twice one connection's
+
+
+_ONE_STATUS = r"""
+import socket, sys, time
+from tcletd.shared.control import FrameReader, encode, hello
+sys.stdin.readline()  # started ahead: asks when told
+conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+conn.connect(sys.argv[1])
+conn.sendall(hello() + encode({"op": "status"}))
+reader = FrameReader(1 << 20)
+while data := conn.recv(1 << 16):
+    if any(head.get("event") == "status" for head, _ in reader.feed(data)):
+        print(time.monotonic())
+        break
+"""
+
+
+def _one_answer(conn: socket.socket, answered: list[float]) -> None:
+    if _answers(conn, 1, until=time.monotonic() + 30) == 1:
+        answered.append(time.monotonic())
+
+
+def test_a_client_is_a_process_its_many_connections_wait_behind_another_clients_request(
+    sock: Path,
+) -> None:
+    """Past the endpoint's allowance, the line is ordered by what each client process has
+    spent: a hundred fresh connections of a process that floods wait behind one request of
+    another process, though each of them is as fresh as it is."""
+    with serving(sock):
+        stop = threading.Event()
+        rounds: list[int] = []
+        flooders = [
+            threading.Thread(target=_flood, args=(sock, stop, rounds), daemon=True)
+            for _ in range(4)
+        ]
+        for flooder in flooders:
+            flooder.start()
+        answered: list[float] = []
+        conns: list[socket.socket] = []
+        other = subprocess.Popen(
+            [sys.executable, "-c", _ONE_STATUS, str(sock)],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            time.sleep(1.5)  # the endpoint's burst spent: from here on, requests wait in line
+            for _ in range(100):
+                conn = connect(sock, timeout=30)
+                conn.sendall(encode({"op": "status"}))
+                conns.append(conn)
+            # Each answer timed as it comes, while the other process asks.
+            readers = [
+                threading.Thread(target=_one_answer, args=(conn, answered), daemon=True)
+                for conn in conns
+            ]
+            for reader in readers:
+                reader.start()
+            out, err = other.communicate("go\n", timeout=30)
+            for reader in readers:
+                reader.join(timeout=30)
+            assert len(answered) == 100
+        finally:
+            stop.set()
+            for conn in conns:
+                conn.close()
+            for flooder in flooders:
+                flooder.join(timeout=60)
+            if other.poll() is None:
+                other.kill()
+                other.wait()
+        assert other.returncode == 0, err
+        at = float(out)
+        before = sum(t < at for t in answered)
+        print(f"the other process answered after {before} of the 100 fresh connections")
+        # In line by connection, the other's as fresh as theirs and behind all 100 of them.
+        assert before < 50, before

@@ -16,7 +16,7 @@ import pytest
 
 from tcletd.cli.options import share
 from tcletd.host.bounds import Bounds, Held, overdue, victim_for
-from tcletd.host.pacing import Allowance, Endpoint, cost
+from tcletd.host.pacing import Allowance, Endpoint, Peers, cost
 from tcletd.policy.files import MAX_CONFIG_BYTES, UnreadableError, read_toml
 from tcletd.policy.store import known_policies, load_policy
 from tcletd.shared.control import FrameError, FrameReader, encode
@@ -202,3 +202,18 @@ def test_past_the_endpoints_allowance_the_connection_that_asked_least_goes_first
 
     endpoint = Endpoint(share=1.0, burst=0.05, now=time.monotonic())
     assert asyncio.run(asyncio.wait_for(main(), 10)) == ["quiet", "flood0", "flood1", "flood2"]
+
+
+def test_a_processs_connections_share_its_spending_until_the_last_is_gone() -> None:
+    peers = Peers(share=0.1, burst=0.5)
+    now = time.monotonic()
+    first, second, other = peers.take(100, now), peers.take(100, now), peers.take(200, now)
+    assert first is second and first is not other and len(peers) == 2
+    first.charge(0.6, now)
+    assert second.left(now) < 0 < other.left(now)
+    peers.give_back(100)
+    assert len(peers) == 2  # one of its connections is left
+    peers.give_back(100)
+    peers.give_back(999)  # never seen: nothing to do
+    assert len(peers) == 1
+    assert peers.take(100, now).left(now) == 0.5  # a pid seen again is a client anew
