@@ -17,7 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
-from tcletd.attack.targets import Target, connect, end_with_parent
+from tcletd.attack.targets import Target, connect, end_child, end_with_parent
 from tcletd.shared.control import FrameReader, encode, hello
 
 SLOWLORIS_CONNECTIONS = 200
@@ -45,15 +45,7 @@ class ControlAttack:
         )  # fmt: skip
 
     async def stop(self) -> None:
-        proc = self._proc
-        if proc is None or proc.returncode is not None:
-            return
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 5.0)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await end_child(self._proc)
 
 
 DRIVERS = ("control-slowloris", "status-flood")

@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tcletd.attack.targets import Run, Target, end_with_parent
+from tcletd.attack.targets import Run, Target, end_child, end_with_parent
 
 ECHO_PROBE = r"""
 lassign $argv host port n batch pause
@@ -243,14 +243,7 @@ class ControlWatch:
         return any(i in self.demoted_ids for i in ids if i is not None)
 
     async def stop(self) -> None:
-        proc = self._proc
-        if proc is not None and proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 5.0)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await end_child(self._proc)
         if self._reader is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(self._reader, 5.0)

@@ -203,6 +203,18 @@ async def _follow(
             run._writer.close()
 
 
+async def end_child(proc: asyncio.subprocess.Process | None) -> None:
+    """End a child of the tool's by its PID: SIGTERM, then SIGKILL if it is not gone in 5 s."""
+    if proc is None or proc.returncode is not None:
+        return
+    proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), 5.0)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
 def end_with_parent() -> None:
     """In the tool's child, before its exec: SIGTERM when the tool dies, however it dies (a
     killed tool must not leave its host and tclets running), and every CPU the tool was given
