@@ -204,6 +204,7 @@ class ControlWatch:
         self._period = period
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
@@ -218,6 +219,9 @@ class ControlWatch:
         assert self._proc is not None and self._proc.stdout is not None
         while line := await self._proc.stdout.readline():
             self.take(line.decode("utf-8", "replace").rstrip("\n"))
+        if not self._stopping:  # a watch that dies must not read as a host that answered
+            status = await self._proc.wait()
+            self.failures.append(f"watch: its process ended before the attack did ({status})")
 
     def take(self, line: str) -> None:
         """One line of the watch's: ``A MS [ID,...]`` (answered in MS, these tclets demoted)
@@ -243,6 +247,7 @@ class ControlWatch:
         return any(i in self.demoted_ids for i in ids if i is not None)
 
     async def stop(self) -> None:
+        self._stopping = True
         await end_child(self._proc)
         if self._reader is not None:
             with contextlib.suppress(asyncio.CancelledError):
