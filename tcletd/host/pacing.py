@@ -87,7 +87,9 @@ class Peers:
             else:
                 del self._held[pid]
 
-    def __len__(self) -> int:
+    def clients(self) -> int:
+        """How many processes have a connection (not ``__len__``: an empty registry would be
+        false, and ``peers or Peers()`` would make one per connection)."""
         return len(self._held)
 
 

@@ -208,12 +208,12 @@ def test_a_processs_connections_share_its_spending_until_the_last_is_gone() -> N
     peers = Peers(share=0.1, burst=0.5)
     now = time.monotonic()
     first, second, other = peers.take(100, now), peers.take(100, now), peers.take(200, now)
-    assert first is second and first is not other and len(peers) == 2
+    assert first is second and first is not other and peers.clients() == 2
     first.charge(0.6, now)
     assert second.left(now) < 0 < other.left(now)
     peers.give_back(100)
-    assert len(peers) == 2  # one of its connections is left
+    assert peers.clients() == 2  # one of its connections is left
     peers.give_back(100)
     peers.give_back(999)  # never seen: nothing to do
-    assert len(peers) == 1
+    assert peers.clients() == 1
     assert peers.take(100, now).left(now) == 0.5  # a pid seen again is a client anew
