@@ -18,6 +18,7 @@ code before serving):
 - ``no-affinity``: no CPU kept for tclets that behave (the host, its zygote and demoted workers
   may run on every CPU; the bench itself keeps off the lowest in every run, as the tool does);
 - ``no-pacing``: control clients are never paced;
+- ``no-realtime``: the host runs in the normal scheduling class, not ahead of its workers;
 - ``none``: all of them out.
 
 Each round runs every lever once, in an order rotated from round to round, and each run is an
@@ -55,9 +56,10 @@ LEVERS: dict[str, tuple[list[str], dict[str, str], list[str]]] = {
     "no-crowds": (LEVER_HOST, {"TCLETD_LEVERS_OUT": "crowds"}, []),
     "no-affinity": (LEVER_HOST, {"TCLETD_LEVERS_OUT": "affinity"}, []),
     "no-pacing": (LEVER_HOST, {"TCLETD_LEVERS_OUT": "pacing"}, []),
+    "no-realtime": (LEVER_HOST, {"TCLETD_LEVERS_OUT": "realtime"}, []),
     "none": (
         LEVER_HOST,
-        {"TCLETD_CGROUPS": "0", "TCLETD_LEVERS_OUT": "demotion,crowds,affinity,pacing"},
+        {"TCLETD_CGROUPS": "0", "TCLETD_LEVERS_OUT": "demotion,crowds,affinity,pacing,realtime"},
         ["--penalty", "0"],
     ),
 }
@@ -65,7 +67,7 @@ LEVERS: dict[str, tuple[list[str], dict[str, str], list[str]]] = {
 
 async def one(
     lever: str, servers: ServerSet, dns: DnsServer, quick: bool
-) -> tuple[float | None, bool, str]:
+) -> tuple[float | None, bool, str, float | None, bool]:
     command, extra, options = LEVERS[lever]
     attacks = load_catalogue()
     host = EmbeddedHost(
@@ -83,7 +85,8 @@ async def one(
         )
         result = await runner.attack(attacks, "all_together")
         ok, _figures, note = runner.baseline()
-    return result.probe_p99_ratio, ok, note or result.why
+    figures = (result.control_p99_ms, result.contained)
+    return result.probe_p99_ratio, ok, note or result.why, *figures
 
 
 async def bench(args: argparse.Namespace) -> dict[str, list[float]]:
@@ -94,9 +97,14 @@ async def bench(args: argparse.Namespace) -> dict[str, list[float]]:
         for r in range(args.rounds):
             order = args.levers[r % len(args.levers) :] + args.levers[: r % len(args.levers)]
             for lever in order:
-                ratio, ok, note = await one(lever, servers, dns, not args.full)
+                ratio, ok, note, control, contained = await one(lever, servers, dns, not args.full)
                 flag = "" if ok else f"  (baseline disturbed: {note})"
-                print(f"  round {r + 1} {lever:<12} p99 ratio {ratio}{flag}", flush=True)
+                verdict = "contained" if contained else f"NOT contained: {note[:160]}"
+                print(
+                    f"  round {r + 1} {lever:<12} p99 ratio {ratio}, control p99 {control} ms,"
+                    f" {verdict}{flag}",
+                    flush=True,
+                )
                 if ratio is not None and ok:
                     ratios[lever].append(ratio)
                 elif not ok:

@@ -10,7 +10,8 @@ Each lever named in ``TCLETD_LEVERS_OUT`` is taken out before the host starts:
 - ``crowds``: a site's tclets past its first four no longer start demoted;
 - ``affinity``: no CPU is kept free for tclets that behave: the host, its zygote and demoted
   workers may run on every CPU;
-- ``pacing``: control clients are never paced (their allowance never runs out).
+- ``pacing``: control clients are never paced (their allowance never runs out);
+- ``realtime``: the host stays in the normal scheduling class (not the real-time one).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tcletd.host.crowds import SiteCrowds
 from tcletd.host.supervisor import WorkerProcess
 from tcletd.shared import cpus
 
-LEVERS = ("demotion", "crowds", "affinity", "pacing")
+LEVERS = ("demotion", "crowds", "affinity", "pacing", "realtime")
 
 
 def _never(self: WorkerProcess) -> bool:
@@ -52,6 +53,8 @@ def take_out(levers: list[str]) -> None:
         cpus.placement = lambda: everywhere
     if "pacing" in levers:
         pacing.Allowance.due = _never_due  # type: ignore[method-assign]
+    if "realtime" in levers:
+        cpus.run_first = lambda: None
 
 
 if __name__ == "__main__":

@@ -303,7 +303,7 @@ def embedded(found: list[Embed], args: argparse.Namespace) -> int:
 
     factory.start()  # first: its start overlaps the imports below (as in tcletd run)
     cpus.keep_off_lowest()
-    from tcletd.cli.runner import _cgroups_wanted, _check_limits
+    from tcletd.cli.runner import _cgroups_wanted, _check_limits, _run_first
 
     _check_limits(args.policy, args.limit)
     import asyncio
@@ -312,6 +312,7 @@ def embedded(found: list[Embed], args: argparse.Namespace) -> int:
 
     async def main() -> int:
         async with Host(cgroups=_cgroups_wanted()) as host:
+            _run_first()
             return await _Page(host, asyncio.get_running_loop()).run(found)
 
     return asyncio.run(main())

@@ -161,6 +161,7 @@ def serve(args: argparse.Namespace) -> int:
         control = ControlServer(host, Path(args.socket), bounds=bounds)
         async with host:
             await control.start()
+            _run_first()
             # What the host has made by now lives as long as it does: out of the collector's
             # sight, a full collection walks only what tclets and clients add (a host's loop
             # otherwise stalls for every object its imports made, at each full pass).
@@ -183,6 +184,16 @@ def serve(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return asyncio.run(main())
+
+
+def _run_first() -> None:
+    """The host ahead of its workers (:func:`tcletd.shared.cpus.run_first`), once the threads
+    it keeps exist; said on stderr if the kernel refuses."""
+    from tcletd.shared import cpus
+
+    why = cpus.run_first()
+    if why is not None:
+        print(f"tcletd: {why}", file=sys.stderr, flush=True)
 
 
 def doctor(*, verbose: bool) -> int:

@@ -1,6 +1,7 @@
 """Which CPUs tcletd's processes run on: a resident host leaves its lowest CPU to tclets that
 behave (the host, demoted workers and the attack tool keep off it; the zygote and a tclet at
-full priority run anywhere).
+full priority run anywhere), and the host runs ahead of its workers there (the real-time class,
+which its children do not inherit).
 
 Real processes throughout: a ``tcletd serve``, its zygote and workers, read from /proc.
 """
@@ -45,6 +46,19 @@ def _kept_off(code: str) -> list[str]:
     return ran.stdout.splitlines()
 
 
+def _policies(pid: int) -> set[int]:
+    """The scheduling policies of every thread of ``pid`` (with the reset-on-fork flag)."""
+    return {os.sched_getscheduler(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+FIRST = os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
+
+
+def _comm(pid: int, tid: str) -> str:
+    with open(f"/proc/{pid}/task/{tid}/comm") as f:
+        return f.read().strip()
+
+
 def _children(pid: int) -> list[int]:
     with open(f"/proc/{pid}/task/{pid}/children") as f:
         return [int(word) for word in f.read().split()]
@@ -81,6 +95,19 @@ def test_a_resident_host_keeps_off_the_lowest_cpu_and_a_crowd_past_four_too(
             assert _affinities(zygote) == {EVERY}, "the zygote runs anywhere"
             placed = sorted((bool(r["demoted"]), _affinities(int(str(r["pid"])))) for r in rows)
             assert placed == [(False, {EVERY})] * 4 + [(True, {REST})] * 2, placed
+            # The host runs first (its loop's thread, and libzmq's); nothing it starts later
+            # inherits that (its cgroup helper's thread, its zygote).
+            assert os.sched_getscheduler(host.pid) == FIRST
+            assert _policies(host.pid) <= {FIRST, os.SCHED_OTHER}
+            zmq = [
+                t
+                for t in os.listdir(f"/proc/{host.pid}/task")
+                if _comm(host.pid, t) == "ZMQbg/IO/0"
+            ]
+            assert zmq and {os.sched_getscheduler(int(t)) for t in zmq} == {FIRST}
+            assert _policies(zygote) == {os.SCHED_OTHER}
+            classes = sorted((bool(r["demoted"]), _policies(int(str(r["pid"])))) for r in rows)
+            assert classes == [(False, {os.SCHED_OTHER})] * 4 + [(True, {os.SCHED_IDLE})] * 2
         finally:
             for conn in conns:
                 conn.close()
@@ -141,3 +168,34 @@ def test_a_zygote_started_by_a_host_kept_off_a_cpu_runs_anywhere_and_so_do_its_t
         "asyncio.run(main())\n"
     )
     assert _kept_off(code) == [str(sorted(REST)), str(sorted(EVERY)), str(sorted(EVERY))]
+
+
+CPU_V1 = Path("/sys/fs/cgroup/cpu")
+
+
+@many_cpus
+@pytest.mark.skipif(
+    not (CPU_V1 / "cpu.rt_runtime_us").exists() or os.geteuid() != 0,
+    reason="needs the cgroup v1 cpu hierarchy, as root",
+)
+def test_a_host_refused_the_real_time_class_says_so_and_stays_normal(tmp_path: Path) -> None:
+    # A new cpu cgroup has no real-time time (cpu.rt_runtime_us 0): the kernel refuses there.
+    group = CPU_V1 / f"tcletd-test-{os.getpid()}"
+    group.mkdir()
+    try:
+        code = (
+            "import os\n"
+            f"open('{group}/cgroup.procs', 'w').write(str(os.getpid()))\n"
+            "print(cpus.run_first())\n"
+            "print(os.sched_getscheduler(0))\n"
+        )
+        why, policy = _kept_off(code)
+        assert why == "the host stays in the normal scheduling class: Operation not permitted"
+        assert policy == str(os.SCHED_OTHER)
+        # And where it is not refused, it is done, every thread (a process kept off a CPU).
+        done, policy = _kept_off(
+            "print(cpus.run_first())\nimport os\nprint(os.sched_getscheduler(0))"
+        )
+        assert (done, policy) == ("None", str(FIRST))
+    finally:
+        group.rmdir()
