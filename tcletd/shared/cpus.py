@@ -18,7 +18,7 @@ turns about once per 50 round trips, which was its p99: 3.1 times its p99 alone 
 runs). With the host, demoted workers and the tool kept off the lowest CPU, 1.5 (median of 5).
 A single CPU has nothing to keep free: there every set is the whole machine.
 
-On the CPUs it keeps to, such a host runs first (:func:`run_first`): its threads are in the
+On the CPUs it keeps to, such a host runs first (:func:`run_first`): its loop's thread is in the
 real-time class, at the lowest real-time priority. A demoted worker is in the idle class, but
 this scheduler picks a runnable task by eligibility before weight: a worker just started is
 eligible at once, and one picked runs to the next tick (4 ms here) while the host, having used
@@ -108,17 +108,18 @@ def keep_off_lowest() -> None:
 
 
 def run_first() -> str | None:
-    """Put every thread of this process in the real-time class (``SCHED_FIFO``, priority 1),
-    its children and later threads reset to the normal class, when it has CPUs of its own
-    (:func:`keep_off_lowest`); None when done or when there is nothing to do, else why not (the
-    kernel's refusal: no privilege, or no real-time time in this cgroup)."""
+    """Put the calling thread (the host's loop) in the real-time class (``SCHED_FIFO``, priority
+    1), the processes and threads it starts reset to the normal class, when the process has CPUs
+    of its own (:func:`keep_off_lowest`); None when done or when there is nothing to do, else why
+    not (the kernel's refusal: no privilege, or no real-time time in this cgroup).
+
+    The calling thread only: another thread's class changed while it starts races with the C
+    library, which reads a thread's policy and its priority in two calls (libzmq's I/O threads
+    then aborted, given a real-time priority with the normal policy)."""
     if placement().rest == placement().behaving:
         return None
-    first = os.sched_param(1)
     try:
-        for tid in os.listdir("/proc/self/task"):
-            with contextlib.suppress(ProcessLookupError):
-                os.sched_setscheduler(int(tid), os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, first)
+        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
     except OSError as exc:
         return f"the host stays in the normal scheduling class: {exc.strerror}"
     return None
