@@ -223,6 +223,7 @@ def doctor(*, verbose: bool) -> int:
         else:
             print(f"channels: reflected-channel fallback ({detail}); half-close unavailable")
         print(f"send_rate: {_pacing_support()}")
+        print(f"host: {_placement_support()}")
         from tcletd.worker import sandbox
 
         # A sample sandbox applied in a forked child, with what the kernel then reports.
@@ -246,6 +247,18 @@ def _cgroups_wanted() -> bool:
     import os
 
     return os.environ.get("TCLETD_CGROUPS", "1") != "0"
+
+
+def _placement_support() -> str:
+    """Whether a resident host here leaves a CPU to tclets and runs ahead of its workers."""
+    from tcletd.shared import cpus
+
+    if len(cpus.usable()) < 2:
+        return "one CPU: none is left to tclets, and the host runs in the normal class"
+    why = cpus.refused_first()
+    if why is not None:
+        return f"real-time class refused ({why}): a resident host runs in the normal class"
+    return "the lowest CPU is left to tclets; a resident host's loop runs in the real-time class"
 
 
 def _pacing_support() -> str:

@@ -125,6 +125,18 @@ def run_first() -> str | None:
     return None
 
 
+def refused_first() -> str | None:
+    """Why the kernel would refuse :func:`run_first` here (tried on the calling thread, then
+    undone), or None if it would not (``tcletd doctor``)."""
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    os.sched_setscheduler(0, policy, param)
+    return None
+
+
 def widen() -> None:
     """In a child of a process that keeps off the lowest CPU, before its exec: every CPU the
     parent was given (a server or attack of the tool's runs where it would anywhere)."""

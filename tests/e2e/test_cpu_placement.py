@@ -182,10 +182,34 @@ def test_a_host_refused_the_real_time_class_says_so_and_stays_normal(tmp_path: P
         why, policy = _kept_off(code)
         assert why == "the host stays in the normal scheduling class: Operation not permitted"
         assert policy == str(os.SCHED_OTHER)
+        # tcletd doctor says so before any host is started; elsewhere it says it would run first.
+        refused = subprocess.run(
+            [sys.executable, "-m", "tcletd", "doctor"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            preexec_fn=lambda: (group / "cgroup.procs").write_text(str(os.getpid())),
+        )
+        assert (
+            "host: real-time class refused (Operation not permitted): a resident host runs in"
+            " the normal class" in refused.stdout.splitlines()
+        ), refused.stdout
         # And where it is not refused, it is done (a process kept off a CPU).
         done, policy = _kept_off(
             "print(cpus.run_first())\nimport os\nprint(os.sched_getscheduler(0))"
         )
         assert (done, policy) == ("None", str(FIRST))
+        doctor = subprocess.run(
+            [sys.executable, "-m", "tcletd", "doctor"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (
+            "host: the lowest CPU is left to tclets; a resident host's loop runs in the real-time"
+            " class" in doctor.stdout.splitlines()
+        ), doctor.stdout
     finally:
         group.rmdir()
