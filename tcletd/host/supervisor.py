@@ -120,8 +120,7 @@ class WorkerProcess:
         if self.cgroup is not None:
             self.cgroup.demote()
         if self.idle:
-            # Started so: it put its threads in the class, and leaves the lowest CPU before its
-            # tclet's first command (its start runs on every CPU, the host's too busy here).
+            # Started so: it put its threads in the class, and off the lowest CPU, at its start.
             return True
         try:
             os.sched_setscheduler(self.pid, os.SCHED_IDLE, _IDLE)

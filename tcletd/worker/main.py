@@ -228,6 +228,11 @@ def run(
         # (a warm worker's exist already: each is put in it by its id).
         for tid in [0] if ahead is None else _thread_ids():
             os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        if placement is not None:
+            # And off the CPU left to tclets that behave, start and all: a launch storm's
+            # starts, idle class though they are, each ran to a tick there (see cpus).
+            with contextlib.suppress(OSError):
+                cpus.place(placement.rest)
     link = Link(spec, fdsock, ahead.link if ahead is not None else None)
     runtime = TclRuntime(
         spec,
@@ -243,11 +248,6 @@ def run(
     if not spec.probe and not link.wait_connected():
         os.write(2, b"tcletd worker: cannot reach the host\n")
         os._exit(EXIT_HOST_GONE)
-    if placement is not None and spec.demoted:
-        # Off the CPU left to tclets that behave, as the host moves a worker it demotes later:
-        # after the start, which runs on every CPU, and before the tclet's first command.
-        with contextlib.suppress(OSError):
-            cpus.place(placement.rest)  # every thread: the sandbox allows no new one
     sandbox.apply(spec)
     runtime.on_policy = lambda grant: sandbox.follow(grant.nofile, grant.memory, grant.cpu)
     if spec.probe:
