@@ -123,7 +123,7 @@ def run_first() -> str | None:
     if placement().rest == placement().behaving:
         return None
     try:
-        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
+        _first()
     except OSError as exc:
         return f"the host stays in the normal scheduling class: {exc.strerror}"
     return None
@@ -134,11 +134,16 @@ def refused_first() -> str | None:
     undone), or None if it would not (``tcletd doctor``)."""
     policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
     try:
-        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
+        _first()
     except OSError as exc:
         return exc.strerror or str(exc)
     os.sched_setscheduler(0, policy, param)
     return None
+
+
+def _first() -> None:
+    """The calling thread in the real-time class at its lowest priority; what it starts, not."""
+    os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
 
 
 def widen() -> None:
