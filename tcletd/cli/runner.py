@@ -253,7 +253,7 @@ def _placement_support() -> str:
     """Whether a resident host here leaves a CPU to tclets and runs ahead of its workers."""
     from tcletd.shared import cpus
 
-    if len(cpus.usable()) < 2:
+    if not cpus.placement().spares():
         return "one CPU: none is left to tclets, and the host runs in the normal class"
     why = cpus.refused_first()
     if why is not None:

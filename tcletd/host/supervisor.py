@@ -133,7 +133,7 @@ class WorkerProcess:
             for tid in os.listdir(f"/proc/{self.pid}/task"):
                 with contextlib.suppress(OSError, ValueError):
                     os.sched_setscheduler(int(tid), os.SCHED_IDLE, _IDLE)
-                    if placement.rest != placement.behaving:
+                    if placement.spares():
                         os.sched_setaffinity(int(tid), placement.rest)
         self.idle = True
         return True

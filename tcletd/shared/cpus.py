@@ -56,6 +56,10 @@ class Placement:
         self.rest = rest
         """The host and demoted workers: all of those but the lowest (all on one CPU)."""
 
+    def spares(self) -> bool:
+        """Whether it leaves a CPU to tclets that behave (none on a single CPU)."""
+        return self.rest != self.behaving
+
     def argv(self) -> list[str]:
         """As the zygote's command line takes it (:meth:`from_argv`)."""
         return [",".join(map(str, sorted(cpus))) for cpus in (self.behaving, self.rest)]
@@ -120,7 +124,7 @@ def run_first() -> str | None:
     The calling thread only: another thread's class changed while it starts races with the C
     library, which reads a thread's policy and its priority in two calls (libzmq's I/O threads
     then aborted, given a real-time priority with the normal policy)."""
-    if placement().rest == placement().behaving:
+    if not placement().spares():
         return None
     try:
         _first()
