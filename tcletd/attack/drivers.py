@@ -5,7 +5,8 @@ connections that each send half a frame (a ``run`` announcing a large script, an
 it) and hold it, reopening whatever the host closes; ``status-flood`` sends bursts of ``status``
 requests on a few connections as fast as the host reads them. Meanwhile the runner's control
 watch times a well-behaved client's answers and a tclet is launched through the same socket:
-that the host still answers and still launches is the verdict (``host-responsive``).
+that the host still answers and still launches is the verdict (``host-responsive``). The
+drivers stay on the tool's CPUs (:func:`tcletd.attack.targets.load_with_parent`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import signal
 import sys
 from pathlib import Path
 
-from tcletd.attack.targets import Target, connect, end_child, end_with_parent
+from tcletd.attack.targets import Target, connect, end_child, load_with_parent
 from tcletd.shared.control import FrameReader, encode, hello
 
 SLOWLORIS_CONNECTIONS = 200
@@ -41,8 +42,13 @@ class ControlAttack:
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tcletd.attack.drivers", self.driver, str(self._path),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            preexec_fn=end_with_parent,
+            preexec_fn=load_with_parent,
         )  # fmt: skip
+
+    @property
+    def pid(self) -> int | None:
+        """Its client's process, once started."""
+        return self._proc.pid if self._proc is not None else None
 
     async def stop(self) -> None:
         await end_child(self._proc)

@@ -8,7 +8,8 @@ PID the tool owns and ends). A server under attack (thousands of connections, a 
 never reads) therefore never competes with the tool's event loop or GIL, and the probe's echo
 server is a process apart from the one attacks use. Each child serves every socket from one
 ``epoll`` loop with non-blocking sockets: a connection costs a descriptor and a small buffer,
-no thread.
+no thread. The probe's echo server runs on every CPU, as the probe may; the others stay on the
+tool's CPUs, off the one a resident host leaves to tclets (:mod:`tcletd.shared.cpus`).
 
 The child's stdin and stdout are its control line: it prints ``ready PORT...`` once bound, then
 answers ``count`` (its counter) and ``reset`` one line each. Its stdin reaching end of file (the
@@ -316,9 +317,10 @@ def _bind(address: str) -> socket.socket | None:
 
 
 class _Child:
-    """One server process and its control line."""
+    """One server process and its control line; ``anywhere``: on every CPU the tool was given,
+    else on the tool's own (:class:`ServerSet` says which)."""
 
-    def __init__(self, name: str, kind: str, addresses: list[str]) -> None:
+    def __init__(self, name: str, kind: str, addresses: list[str], *, anywhere: bool) -> None:
         self.name = name
         # Read only when it fails; a file, unlike a pipe, never fills and blocks the server.
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by end())
@@ -331,7 +333,7 @@ class _Child:
             stderr=self._stderr,
             cwd=Path(__file__).resolve().parents[2],  # where `-m tcletd...` finds this package
             start_new_session=True,  # the terminal's Ctrl-C is the tool's to handle
-            preexec_fn=cpus.widen,  # the tool keeps itself off a CPU; its servers do not
+            preexec_fn=cpus.widen if anywhere else None,
         )
         self.pid = self.process.pid
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -404,6 +406,7 @@ class ServerSet:
         self.listener_host = LISTENER_HOST
         self.low_port: int | None = low_port
         self.pids: list[int] = []
+        self.probe_pid = 0  # the probe's echo server
         self._children: dict[str, _Child] = {}
         self._closed: socket.socket | None = None
 
@@ -421,7 +424,11 @@ class ServerSet:
         try:
             # All start at once, then each is waited for: start-up costs one Python start.
             for name, (kind, addresses) in plan.items():
-                self._children[name] = _Child(name, kind, addresses)
+                # Half of each round trip the probe times: it runs where the probe may. The
+                # others are the far end of the attacks' traffic, another machine's work in a
+                # real deployment: they stay on the tool's CPUs, off the probe's (see drivers).
+                anywhere = name == "probe echo"
+                self._children[name] = _Child(name, kind, addresses, anywhere=anywhere)
                 self.pids.append(self._children[name].pid)
             ports = {name: child.ready() for name, child in self._children.items()}
             self._closed = self._closed_socket()
@@ -429,6 +436,7 @@ class ServerSet:
             self._end()
             raise
         self.echo_port, self.probe_port = ports["echo"][0] or 0, ports["probe echo"][0] or 0
+        self.probe_pid = self._children["probe echo"].pid
         self.silent_port, self.sender_port = ports["silent"][0] or 0, ports["sender"][0] or 0
         self.listener_port = ports["listener"][0] or 0
         self.low_port = ports["listener"][1] if self.low_port is not None else None

@@ -104,18 +104,51 @@ def test_a_resident_host_keeps_off_the_lowest_cpu_and_a_crowd_past_four_too(
 
 
 @many_cpus
-def test_the_attack_tools_servers_run_anywhere_though_the_tool_keeps_off_a_cpu() -> None:
+def test_the_probes_echo_server_runs_anywhere_and_the_attacks_servers_keep_off_a_cpu() -> None:
     code = (
         "import os\n"
         "from tcletd.attack.servers import ServerSet\n"
         "with ServerSet() as servers:\n"
         "    print(sorted(os.sched_getaffinity(0)))\n"
+        "    print(sorted(os.sched_getaffinity(servers.probe_pid)))\n"
         "    for pid in servers.pids:\n"
-        "        print(sorted(os.sched_getaffinity(pid)))\n"
+        "        if pid != servers.probe_pid:\n"
+        "            print(sorted(os.sched_getaffinity(pid)))\n"
     )
-    tool, *servers = _kept_off(code)
+    tool, probe, *servers = _kept_off(code)
     assert tool == str(sorted(REST))
-    assert servers and set(servers) == {str(sorted(EVERY))}, servers
+    assert probe == str(sorted(EVERY))
+    assert len(servers) == 4 and set(servers) == {str(sorted(REST))}, servers
+
+
+@many_cpus
+def test_a_control_attacks_client_keeps_off_a_cpu_and_the_tools_host_does_not(
+    tmp_path: Path,
+) -> None:
+    # A real listening socket for the driver to flood; nothing in it answers.
+    code = (
+        "import asyncio, os, socket\n"
+        "from tcletd.attack.drivers import ControlAttack\n"
+        "from tcletd.attack.targets import end_with_parent\n"
+        f"path = {str(tmp_path / 'control.sock')!r}\n"
+        "server = socket.socket(socket.AF_UNIX)\n"
+        "server.bind(path)\n"
+        "server.listen()\n"
+        "class Target:\n"
+        "    path = path\n"
+        "async def main():\n"
+        "    attack = ControlAttack(Target(), 'status-flood')\n"
+        "    await attack.start()\n"
+        "    host = await asyncio.create_subprocess_exec(\n"
+        "        'sleep', '30', preexec_fn=end_with_parent)\n"
+        "    for pid in (attack.pid, host.pid):\n"
+        "        print(sorted(os.sched_getaffinity(pid)))\n"
+        "    host.kill()\n"
+        "    await host.wait()\n"
+        "    await attack.stop()\n"
+        "asyncio.run(main())\n"
+    )
+    assert _kept_off(code) == [str(sorted(REST)), str(sorted(EVERY))]
 
 
 def test_a_placement_travels_as_two_words_and_a_bad_one_is_named() -> None:
