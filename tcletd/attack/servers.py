@@ -414,20 +414,20 @@ class ServerSet:
         listener = [f"{LISTENER_HOST}:0"]
         if self.low_port is not None:
             listener.append(f"127.0.0.1:{self.low_port}?")
+        # name: (kind, addresses, on every CPU). The probe's echo server is half of each round
+        # trip the probe times: it runs where the probe may. The others are the far end of the
+        # attacks' traffic, another machine's work in a real deployment: they stay on the
+        # tool's CPUs, off the probe's (tcletd.attack.targets.load_with_parent says why).
         plan = {
-            "echo": ("echo", ["127.0.0.1:0"]),
-            "probe echo": ("echo", ["127.0.0.1:0"]),
-            "silent": ("silent", ["127.0.0.1:0"]),
-            "sender": ("sender", ["127.0.0.1:0"]),
-            "listener": ("listener", listener),
+            "echo": ("echo", ["127.0.0.1:0"], False),
+            "probe echo": ("echo", ["127.0.0.1:0"], True),
+            "silent": ("silent", ["127.0.0.1:0"], False),
+            "sender": ("sender", ["127.0.0.1:0"], False),
+            "listener": ("listener", listener, False),
         }
         try:
             # All start at once, then each is waited for: start-up costs one Python start.
-            for name, (kind, addresses) in plan.items():
-                # Half of each round trip the probe times: it runs where the probe may. The
-                # others are the far end of the attacks' traffic, another machine's work in a
-                # real deployment: they stay on the tool's CPUs, off the probe's (see drivers).
-                anywhere = name == "probe echo"
+            for name, (kind, addresses, anywhere) in plan.items():
                 self._children[name] = _Child(name, kind, addresses, anywhere=anywhere)
                 self.pids.append(self._children[name].pid)
             ports = {name: child.ready() for name, child in self._children.items()}

@@ -122,10 +122,11 @@ def test_the_probes_echo_server_runs_anywhere_and_the_attacks_servers_keep_off_a
 
 
 @many_cpus
-def test_a_control_attacks_client_keeps_off_a_cpu_and_the_tools_host_does_not(
+def test_a_control_attacks_client_keeps_off_a_cpu_and_a_child_the_tool_measures_does_not(
     tmp_path: Path,
 ) -> None:
-    # A real listening socket for the driver to flood; nothing in it answers.
+    # A real listening socket for the driver to flood; nothing in it answers. `sleep` stands
+    # for the children started as the tool's host and watch are (end_with_parent).
     code = (
         "import asyncio, os, socket\n"
         "from tcletd.attack.drivers import ControlAttack\n"
