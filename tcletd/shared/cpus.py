@@ -4,7 +4,8 @@ tclets that behave.
 Used on both sides of the trust boundary, by processes of ours only (nothing here reads what a
 tclet or client sent). A host that owns its process and runs tclets side by side keeps its own
 threads off that CPU (:func:`keep_off_lowest`: ``tcletd serve``, ``tcletd page``; not a one-shot
-``tcletd run``, which has no neighbour to protect, nor an embedder's process). Its zygote runs on
+``tcletd run``, which has no neighbour to protect, nor an embedder's process unless it asks:
+``tcletd.api.leave_a_cpu_to_tclets``). Its zygote runs on
 every CPU (its forks and its children's starts are what a burst of launches waits for); a
 worker that starts demoted (a crowd, the penalty box) moves off the lowest as it starts, with its
 class, before its own start-up; a worker demoted later is moved off it by the host. (Moved after

@@ -1,7 +1,8 @@
 """Which CPUs tcletd's processes run on: a resident host leaves its lowest CPU to tclets that
 behave (the host, demoted workers and the attack tool keep off it; the zygote and a tclet at
 full priority run anywhere), and the host runs ahead of its workers there (the real-time class,
-which its children do not inherit).
+which its children do not inherit); an embedder's application does the same when it asks
+(``tcletd.api.leave_a_cpu_to_tclets``).
 
 Real processes throughout: a ``tcletd serve``, its zygote and workers, read from /proc.
 """
@@ -33,17 +34,18 @@ def _affinities(pid: int) -> set[frozenset[int]]:
     return {frozenset(os.sched_getaffinity(int(tid))) for tid in os.listdir(f"/proc/{pid}/task")}
 
 
-def _kept_off(code: str) -> list[str]:
-    """What ``code`` prints, run in a Python process that first keeps off the lowest CPU."""
+def _python(code: str) -> list[str]:
+    """What ``code`` prints, run in a Python process of its own."""
     ran = subprocess.run(
-        [sys.executable, "-c", f"from tcletd.shared import cpus\ncpus.keep_off_lowest()\n{code}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30
     )
     assert ran.returncode == 0, ran.stderr
     return ran.stdout.splitlines()
+
+
+def _kept_off(code: str) -> list[str]:
+    """What ``code`` prints, run in a Python process that first keeps off the lowest CPU."""
+    return _python(f"from tcletd.shared import cpus\ncpus.keep_off_lowest()\n{code}")
 
 
 def _policies(pid: int) -> set[int]:
@@ -175,23 +177,44 @@ def test_the_zygote_refuses_a_cpu_list_it_cannot_read() -> None:
     assert "behaving CPUs: not a comma-separated list of numbers: '0,x'" in ran.stderr
 
 
-@many_cpus
-def test_a_zygote_started_by_a_host_kept_off_a_cpu_runs_anywhere_and_so_do_its_tclets() -> None:
+def _embedder(run_first: bool) -> list[str]:
+    """What an application prints that calls ``leave_a_cpu_to_tclets`` with an application
+    thread of its own already running, then hosts a tclet: the call's answer, the application
+    thread's CPUs, the loop thread's policy, then the zygote's and the worker's CPUs and
+    policies (a zygote started by a host kept off a CPU runs anywhere, and so do its tclets)."""
     code = (
-        "import asyncio, os\n"
-        "from tcletd.api import Host\n"
+        "import asyncio, os, threading\n"
+        "from tcletd.api import Host, leave_a_cpu_to_tclets\n"
+        "done = threading.Event()\n"
+        "app = threading.Thread(target=done.wait)\n"
+        "app.start()\n"
+        f"print(leave_a_cpu_to_tclets(run_first={run_first}))\n"
+        "print(sorted(os.sched_getaffinity(app.native_id)))\n"
+        "print(os.sched_getscheduler(0))\n"
         "async def main():\n"
         "    async with Host() as host:\n"
         "        tclet = host.launch('after 20000', policy='trusted')\n"
         "        while tclet.worker is None or tclet.worker.pid is None:\n"
         "            await asyncio.sleep(0.01)\n"
         "        zygote = int(open(f'/proc/{tclet.worker.pid}/stat').read().split()[3])\n"
-        "        for pid in (os.getpid(), zygote, tclet.worker.pid):\n"
-        "            print(sorted(os.sched_getaffinity(pid)))\n"
+        "        for pid in (zygote, tclet.worker.pid):\n"
+        "            print(sorted(os.sched_getaffinity(pid)), os.sched_getscheduler(pid))\n"
         "        await tclet.end('test over')\n"
-        "asyncio.run(main())\n"
+        "try:\n"
+        "    asyncio.run(main())\n"
+        "finally:\n"
+        "    done.set()\n"
     )
-    assert _kept_off(code) == [str(sorted(REST)), str(sorted(EVERY)), str(sorted(EVERY))]
+    return _python(code)
+
+
+@many_cpus
+@pytest.mark.parametrize(("run_first", "policy"), [(True, FIRST), (False, os.SCHED_OTHER)])
+def test_an_embedder_leaves_a_cpu_to_tclets_and_its_loop_runs_first_if_asked(
+    run_first: bool, policy: int
+) -> None:
+    everywhere = f"{sorted(EVERY)} {os.SCHED_OTHER}"
+    assert _embedder(run_first) == ["None", str(sorted(REST)), str(policy), everywhere, everywhere]
 
 
 CPU_V1 = Path("/sys/fs/cgroup/cpu")
