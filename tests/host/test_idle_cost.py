@@ -56,12 +56,15 @@ def test_an_idle_tclet_sends_nothing_wakes_for_nothing_and_gets_only_sweeps(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     looks: dict[bool, int] = {False: 0, True: 0}  # sweep? -> looks at the idle tclet
+    earned: list[bool] = []  # each close look: had the CPU time moved at the look before it?
     watched: set[int] = set()
     check = Enforcer.check
 
     def counted(self: Enforcer, now: float, *, sweep: bool = False) -> bool:
         if id(self) in watched:
             looks[sweep] += 1
+            if not sweep:
+                earned.append(self.moving)
         return check(self, now, sweep=sweep)
 
     monkeypatch.setattr(Enforcer, "check", counted)
@@ -95,7 +98,14 @@ def test_an_idle_tclet_sends_nothing_wakes_for_nothing_and_gets_only_sweeps(
     # 10 here). One wake-up with no frame after it came in 2 of 4 full CI runs of 2026-12-06
     # (never in 64 runs of this file alone); its cause is not found, so one is let pass.
     assert woke <= 1
-    assert looks[False] == 0  # no close look at it: the watchdog's ticks pass it by
+    # No close look at it that its own CPU time did not call for: the watchdog's ticks pass it
+    # by (looked at tick by tick, it would have had ~20). The kernel counts CPU time in clock
+    # ticks, charged to whichever thread is running when one falls; one landing on a thread of
+    # the worker's (its heartbeat, or the wake above) moves its CPU time at a sweep, and the
+    # next tick looks closely, by design: a worker that computes while it says it rests is
+    # caught so. That came once in a full CI run of 2026-12-07.
+    assert all(earned), earned
+    assert looks[False] <= 2, looks
     assert QUIET_FOR / SWEEP - 1 <= sweeps <= QUIET_FOR / SWEEP + 1, sweeps
     assert state == "script"  # resting in its vwait, not busy for its silence
 
