@@ -153,5 +153,6 @@ def _first() -> None:
 
 def widen() -> None:
     """In a child of a process that keeps off the lowest CPU, before its exec: every CPU the
-    parent was given (a server or attack of the tool's runs where it would anywhere)."""
+    parent was given (what the attack tool measures or measures through: its host, its control
+    watch and the probe's echo server; its load stays on the tool's CPUs)."""
     os.sched_setaffinity(0, usable())
